@@ -1,0 +1,48 @@
+"""trioq's own exceptions, all in one place.
+
+Rules: where trio already has an exception for a condition (``WouldBlock``,
+``EndOfChannel``, ``ClosedResourceError``, ``BrokenResourceError``,
+``TooSlowError``) trioq raises trio's.  The classes here are only for
+conditions trio has no word for.  Protocol errors are split the h11 way:
+``LocalProtocolError`` means *we* were asked to do something the protocol
+forbids (a bug or misuse on this side); ``RemoteProtocolError`` means the
+peer sent bytes that break the protocol.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TrioqError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "SerializationError",
+]
+
+
+class TrioqError(Exception):
+    """Base class of every exception that trioq defines itself."""
+
+
+class ProtocolError(TrioqError):
+    """The wire protocol was broken; the connection cannot go on."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to send something the protocol does not allow.
+
+    Example: encoding a frame whose payload is larger than the maximum frame
+    size.  Nothing was written; the encoder is still usable.
+    """
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not a valid frame stream.
+
+    A decoder that raised this is broken for good: every later call raises
+    it again, because the byte stream can no longer be re-synchronised.
+    """
+
+
+class SerializationError(TrioqError, TypeError):
+    """A value could not be turned into bytes (or back) by trioq's serializer."""
