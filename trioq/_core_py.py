@@ -30,7 +30,8 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import deque
-from typing import Any, Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Any
 
 from ._exceptions import LocalProtocolError, RemoteProtocolError
 
@@ -360,7 +361,9 @@ class _Task:
 
 
 class _Worker:
-    __slots__ = ("ident", "slots", "series", "demand", "running", "in_rotation", "starved", "removed")
+    __slots__ = (
+        "ident", "slots", "series", "demand", "running", "in_rotation", "starved", "removed",
+    )
 
     def __init__(self, ident: Hashable, slots: int, series: set[Hashable]) -> None:
         self.ident = ident
@@ -505,7 +508,9 @@ class PriorityScheduler:
         if type(priority) is not int:
             raise TypeError(f"priority must be an int, got {type(priority).__name__}")
         if priority < _MIN_PRIORITY or priority > _MAX_PRIORITY:
-            raise ValueError(f"priority must be in {_MIN_PRIORITY}..{_MAX_PRIORITY}, got {priority}")
+            raise ValueError(
+                f"priority must be in {_MIN_PRIORITY}..{_MAX_PRIORITY}, got {priority}"
+            )
         if key in self._tasks:
             raise ValueError(f"task {key!r} already exists")
         task = _Task(key, -priority, self._seq, series)
@@ -598,7 +603,8 @@ class PriorityScheduler:
             assert worker.ident == ident, "worker indexed under a wrong id"
             assert not worker.removed, "removed worker still registered"
             for key, task in worker.running.items():
-                assert task.worker is worker and task.state == _ASSIGNED, "running task is not assigned here"
+                assert task.worker is worker, "running task is not assigned here"
+                assert task.state == _ASSIGNED, "running task is not assigned here"
                 assert self._tasks.get(key) is task, "running task is not registered"
             limit = worker.slots + (self._prefetch if self._policy_push else 0)
             assert len(worker.running) <= limit, "worker holds more tasks than its limit"
