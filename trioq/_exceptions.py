@@ -17,6 +17,8 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "SerializationError",
+    "AuthenticationError",
+    "RemoteError",
 ]
 
 
@@ -46,3 +48,18 @@ class RemoteProtocolError(ProtocolError):
 
 class SerializationError(TrioqError, TypeError):
     """A value could not be turned into bytes (or back) by trioq's serializer."""
+
+
+class AuthenticationError(TrioqError):
+    """The peer did not prove it holds the cluster's token (or we could not)."""
+
+
+class RemoteError(TrioqError):
+    """The scheduler refused a request for a reason trio has no exception for.
+
+    ``kind`` names what went wrong on the far side; the message says why.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind

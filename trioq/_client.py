@@ -1,0 +1,337 @@
+"""The client: one authenticated connection shared by queue and variable handles.
+
+Rules:
+
+* ``connect()`` is an async context manager; the connection's reader and
+  writer run in a nursery it owns, and leaving the block flushes what is
+  buffered (acknowledgements included) and joins them.
+* Many requests can be outstanding at once, matched to answers by request
+  id.  ``request`` waits for the answer; what a cancel scope does to a
+  waiting request is chosen per call site (``abandon``, ``withdraw`` or
+  ``outcome``, see ``request``) so that no item is ever lost or duplicated.
+* Acknowledgements of consumed items are batched and always written
+  before any later request, so the scheduler sees them in order.
+* Once the connection breaks, every waiting and later call raises
+  ``trio.BrokenResourceError`` with the cause attached.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
+
+import trio
+
+from ._auth import TOKEN_ENV
+from ._exceptions import LocalProtocolError, RemoteError, RemoteProtocolError
+from ._impl import core
+from ._messages import (
+    Ack,
+    Cancel,
+    ErrorReply,
+    Message,
+    Op,
+    Status,
+    StatusReport,
+    decode_reply,
+    encode_message,
+)
+from ._pickling import full_serializer
+from ._transport import FramedConnection
+
+__all__ = ["Client", "connect", "parse_address", "register_local_token"]
+
+M = TypeVar("M", bound=Message)
+CancelMode = Literal["abandon", "withdraw", "outcome"]
+
+_ERRORS: dict[str, type[BaseException]] = {
+    "WouldBlock": trio.WouldBlock,
+    "EndOfChannel": trio.EndOfChannel,
+    "BrokenResourceError": trio.BrokenResourceError,
+    "ClosedResourceError": trio.ClosedResourceError,
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "LookupError": LookupError,
+    "ProtocolError": LocalProtocolError,
+}
+
+_LOCAL_TOKENS: dict[str, str] = {}
+
+
+def register_local_token(address: str, token: str) -> None:
+    """Let ``connect(address)`` in this process find the token of a local cluster."""
+    _LOCAL_TOKENS[address] = token
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"tcp://host:port"`` (or ``"host:port"``, ``"[::1]:port"``) -> (host, port)."""
+    rest = address.removeprefix("tcp://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"address must look like tcp://host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _resolve_token(address: str, token: str | None) -> str:
+    if token is not None:
+        return token
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    if address in _LOCAL_TOKENS:
+        return _LOCAL_TOKENS[address]
+    raise ValueError(
+        f"no token for {address}: pass token=..., or set the {TOKEN_ENV} environment variable"
+    )
+
+
+class _Pending:
+    """One outstanding request; ``late`` handles an answer nobody waits for."""
+
+    __slots__ = ("event", "op", "payload", "late")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.op = 0
+        self.payload = b""
+        self.late: Callable[[_Pending], None] | None = None
+
+
+def _ignore(pending: _Pending) -> None:
+    pass
+
+
+class Client:
+    """A connection to a trioq scheduler.  Create it with ``trioq.connect``."""
+
+    def __init__(self, connection: FramedConnection, client_id: int, address: str) -> None:
+        self.address = address
+        self.id = client_id
+        self._connection = connection
+        self._pending: dict[int, _Pending] = {}
+        self._next_request = 1
+        self._acks: list[int] = []
+        self._broken: BaseException | None = None
+        self._closed = False
+        self._done = trio.Event()  # set when run() has ended
+        self.serializer = full_serializer()
+        self._queue_links: dict[str, Any] = {}
+        connection.before_flush = self._flush_acks
+
+    # -- public ------------------------------------------------------------------
+
+    def queue(self, name: str | None = None, maxsize: int = 0, *, prefetch: int = 16) -> Any:
+        """A handle on the named queue (created on first use).  See ``trioq.Queue``."""
+        from ._queue import Queue
+
+        return Queue(self, name, maxsize, prefetch=prefetch)
+
+    def variable(self, name: str) -> Any:
+        """A handle on the named variable.  See ``trioq.Variable``."""
+        from ._variable import Variable
+
+        return Variable(self, name)
+
+    async def status(self) -> dict[str, Any]:
+        """The scheduler's queues, variables and clients, as plain data."""
+        reply = await self.request(Status(), StatusReport)
+        return reply.report
+
+    async def aclose(self, *, timeout: float = 5.0) -> None:
+        """Send what is buffered (acknowledgements included) and close.
+
+        Waits up to ``timeout`` seconds for the scheduler to finish with this
+        connection, so everything sent before is applied; idempotent.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._flush_acks()
+        self._closed = True
+        self._connection.start_closing()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(timeout):
+                await self._done.wait()
+            await self._connection.aclose()
+
+    # -- requests ------------------------------------------------------------------
+
+    def check_usable(self) -> None:
+        if self._broken is not None:
+            raise trio.BrokenResourceError("the connection to the scheduler is broken") from (
+                self._broken
+            )
+        if self._closed:
+            raise trio.ClosedResourceError("this client was closed")
+
+    def send_request(self, message: Message, late: Callable[[_Pending], None] | None = None) -> int:
+        """Send ``message`` without waiting; ``late`` (if given) gets its answer."""
+        self.check_usable()
+        self._flush_acks()
+        request_id = self._next_request
+        while request_id in self._pending or request_id == 0:
+            request_id = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
+        self._next_request = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
+        self._connection.send(message.OP, request_id, encode_message(message))
+        pending = _Pending()
+        pending.late = late
+        self._pending[request_id] = pending
+        return request_id
+
+    async def request(
+        self,
+        message: Message,
+        reply_type: type[M],
+        *,
+        on_cancel: CancelMode = "abandon",
+        late: Callable[[_Pending], None] = _ignore,
+    ) -> M:
+        """Send ``message`` and wait for its answer (a ``reply_type`` or an error).
+
+        If the wait is cancelled: ``abandon`` forgets the answer; ``withdraw``
+        asks the scheduler to drop the parked request and hands any answer
+        that still comes to ``late``; ``outcome`` withdraws too but waits
+        (shielded) for the verdict, returning the answer if the request had
+        already been carried out, so the caller always knows what happened.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        request_id = self.send_request(message)
+        pending = self._pending[request_id]
+        try:
+            await pending.event.wait()
+        except trio.Cancelled:
+            if pending.event.is_set():  # answered in the same instant
+                if on_cancel == "outcome" and pending.op == Op.REPLY:
+                    return self._result(pending, reply_type)
+                if on_cancel == "withdraw":
+                    late(pending)
+                raise
+            if on_cancel == "abandon":
+                pending.late = _ignore
+                raise
+            self._withdraw(request_id)
+            if on_cancel == "withdraw":
+                pending.late = late
+                raise
+            with trio.CancelScope(shield=True):
+                await pending.event.wait()
+            if pending.op == Op.ERROR and self._is_withdrawn(pending):
+                raise  # not carried out: the cancellation stands
+            return self._result(pending, reply_type)  # done, or failed for another reason
+        return self._result(pending, reply_type)
+
+    @staticmethod
+    def _is_withdrawn(pending: _Pending) -> bool:
+        return decode_reply(ErrorReply, pending.payload).kind == "Cancelled"
+
+    def _withdraw(self, request_id: int) -> None:
+        try:
+            self._connection.send(Op.CANCEL, 0, encode_message(Cancel(request_id)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader fails every pending request
+
+    def _result(self, pending: _Pending, reply_type: type[M]) -> M:
+        if pending.op != Op.REPLY:
+            raise self.error_of(pending)
+        return decode_reply(reply_type, pending.payload)
+
+    def error_of(self, pending: _Pending) -> BaseException:
+        """The exception an ``ERROR`` answer stands for."""
+        if self._broken is not None and pending.op == 0:
+            error = trio.BrokenResourceError("the connection to the scheduler is broken")
+            error.__cause__ = self._broken
+            return error
+        reply = decode_reply(ErrorReply, pending.payload)
+        cls = _ERRORS.get(reply.kind)
+        return cls(reply.message) if cls is not None else RemoteError(reply.kind, reply.message)
+
+    def ack(self, leases: list[int]) -> None:
+        """Record consumed leases; they are written before any later request."""
+        self._acks.extend(leases)
+        if not self._connection.is_broken:
+            self._connection.wake_writer()
+
+    def _flush_acks(self) -> None:
+        if self._acks and not self._connection.is_broken:
+            acks, self._acks = self._acks, []
+            self._connection.send(Op.ACK, 0, encode_message(Ack(acks)))
+
+    # -- the reader -------------------------------------------------------------------
+
+    def _on_frame(self, frame: Any) -> None:
+        if frame.op != Op.REPLY and frame.op != Op.ERROR:
+            raise RemoteProtocolError(f"unexpected op code {frame.op} from the scheduler")
+        pending = self._pending.pop(frame.request_id, None)
+        if pending is None:
+            if frame.op == Op.ERROR and frame.request_id == 0:
+                reply = decode_reply(ErrorReply, frame.payload)
+                raise RemoteProtocolError(f"the scheduler closed the connection: {reply.message}")
+            return  # an answer to a request that was abandoned and forgotten
+        pending.op = frame.op
+        pending.payload = frame.payload
+        if pending.late is not None:
+            pending.late(pending)
+        else:
+            pending.event.set()
+
+    async def run(self) -> None:
+        """Reader and writer; ends when the connection does."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._connection.run_writer)
+                await self._connection.run_reader(self._on_frame)
+                if not self._closed:
+                    self._broken = trio.EndOfChannel("the scheduler closed the connection")
+                nursery.cancel_scope.cancel()
+        except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
+                OSError) as exc:
+            self._broken = exc
+        finally:
+            self._done.set()
+            if self._broken is None:
+                self._broken = trio.ClosedResourceError("the client was closed")
+            pending, self._pending = self._pending, {}
+            for entry in pending.values():
+                entry.op = 0
+                if entry.late is not None:
+                    entry.late(entry)
+                else:
+                    entry.event.set()
+
+
+@asynccontextmanager
+async def connect(
+    address: str,
+    *,
+    token: str | None = None,
+    name: str | None = None,
+    max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
+) -> AsyncIterator[Client]:
+    """Connect and authenticate to the scheduler at ``address``.
+
+    The token comes from ``token``, else the ``TRIOQ_TOKEN`` environment
+    variable, else a cluster this process opened.  Raises
+    ``AuthenticationError`` if the scheduler refuses it, ``OSError`` if it
+    cannot be reached.  Leaving the block closes the connection.
+    """
+    secret = _resolve_token(address, token)
+    host, port = parse_address(address)
+    stream = await trio.open_tcp_stream(host, port)
+    connection = FramedConnection(stream, max_frame_size=max_frame_size)
+    try:
+        client_id = await connection.client_handshake(
+            secret, name or f"{socket.gethostname()}:{os.getpid()}"
+        )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    client = Client(connection, client_id, address)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()

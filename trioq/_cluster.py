@@ -1,0 +1,44 @@
+"""``open_cluster()``: an embedded scheduler in the caller's nursery.
+
+Rules: everything it starts lives in a nursery it owns and is cancelled
+and joined when the ``async with`` block exits.  The cluster's token is
+registered in this process, so ``trioq.connect(cluster.address)`` needs no
+token argument here; other processes get it from ``cluster.token``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from ._client import register_local_token
+from ._scheduler import Scheduler
+
+__all__ = ["Cluster", "open_cluster"]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A running embedded cluster."""
+
+    address: str  #: ``tcp://host:port`` to pass to ``trioq.connect``
+    token: str  #: the shared secret clients and workers authenticate with
+    scheduler: Scheduler  #: the scheduler object (its ``state`` is inspectable)
+
+
+@asynccontextmanager
+async def open_cluster(
+    *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+) -> AsyncIterator[Cluster]:
+    """Run a scheduler (on 127.0.0.1, a free port by default) for the block's duration."""
+    scheduler = Scheduler(host, port, token=token)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(scheduler.serve)
+        register_local_token(address, scheduler.token)
+        try:
+            yield Cluster(address, scheduler.token, scheduler)
+        finally:
+            nursery.cancel_scope.cancel()

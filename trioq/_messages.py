@@ -1,0 +1,394 @@
+"""Op codes and typed control messages; msgpack in and out, never pickle.
+
+Rules:
+
+* Every frame's op code is an ``Op``.  A request carries a fresh request id;
+  its answer (``REPLY`` or ``ERROR``) carries the same id.  Handshake frames
+  (``HELLO``, ``AUTH``, ``WELCOME``) have their own fixed shapes in
+  ``_auth``.
+* Each request and reply is one small frozen class whose fields are
+  encoded as a msgpack array, in declaration order.  Decoding checks the
+  count and the type of every field and raises ``RemoteProtocolError``
+  naming the message and the field, so garbage from a peer is a clear error
+  and never a crash further in.
+* User payloads are ``bytes`` made by the client's serializer; this module
+  never looks inside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from ._exceptions import RemoteProtocolError
+
+__all__ = [
+    "Op",
+    "Message",
+    "encode_message",
+    "decode_request",
+    "decode_reply",
+    "ErrorReply",
+    "Hello",
+    "Auth",
+    "Welcome",
+    "Cancel",
+    "Ack",
+    "Ok",
+    "QueueOpen",
+    "QueueInfo",
+    "QueuePut",
+    "PutDone",
+    "QueueGet",
+    "Items",
+    "QueueReturn",
+    "QueueSize",
+    "Count",
+    "QueueDelete",
+    "EndpointOpen",
+    "EndpointClose",
+    "VariableSet",
+    "VariableGet",
+    "Value",
+    "VariableDelete",
+    "Status",
+    "StatusReport",
+]
+
+
+class Op(enum.IntEnum):
+    """Frame op codes.  Values are part of the wire format: never renumber."""
+
+    # handshake
+    HELLO = 1
+    AUTH = 2
+    WELCOME = 3
+    # answers and connection-level messages
+    REPLY = 8
+    ERROR = 9
+    CANCEL = 10
+    ACK = 11
+    # queues
+    QUEUE_OPEN = 20
+    QUEUE_PUT = 21
+    QUEUE_GET = 22
+    QUEUE_RETURN = 23
+    QUEUE_SIZE = 24
+    QUEUE_DELETE = 25
+    ENDPOINT_OPEN = 26
+    ENDPOINT_CLOSE = 27
+    # variables
+    VARIABLE_SET = 40
+    VARIABLE_GET = 41
+    VARIABLE_DELETE = 42
+    # introspection
+    STATUS = 60
+
+
+# -- field checks -------------------------------------------------------------
+
+_Check = Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_list_of(check: _Check) -> _Check:
+    return lambda v: type(v) is list and all(check(x) for x in v)
+
+
+def _is_optional(check: _Check) -> _Check:
+    return lambda v: v is None or check(v)
+
+
+_CHECKS: dict[str, _Check] = {
+    "str": lambda v: type(v) is str,
+    "int": _is_int,
+    "bool": lambda v: type(v) is bool,
+    "bytes": lambda v: type(v) is bytes,
+    "list[bytes]": _is_list_of(lambda v: type(v) is bytes),
+    "list[int]": _is_list_of(_is_int),
+    "str | None": _is_optional(lambda v: type(v) is str),
+    "bytes | None": _is_optional(lambda v: type(v) is bytes),
+    "dict[str, Any]": lambda v: type(v) is dict and all(type(k) is str for k in v),
+}
+
+
+class Message:
+    """Base of every typed message; subclasses are frozen slotted dataclasses."""
+
+    __slots__ = ()
+    OP: ClassVar[Op]  # for requests; replies travel as Op.REPLY
+    _FIELDS: ClassVar[tuple[tuple[str, _Check], ...]] = ()
+
+    def to_list(self) -> list[Any]:
+        return [getattr(self, name) for name, _ in self._FIELDS]
+
+
+M = TypeVar("M", bound=Message)
+
+_REQUESTS: dict[int, type[Message]] = {}
+
+
+def _message(cls: type[M]) -> type[M]:
+    """Make ``cls`` a frozen dataclass and record its field checks."""
+    cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    cls._FIELDS = tuple(
+        (f.name, _CHECKS[str(f.type)]) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    )
+    return cls
+
+
+def _request(cls: type[M]) -> type[M]:
+    cls = _message(cls)
+    _REQUESTS[cls.OP] = cls
+    return cls
+
+
+def encode_message(message: Message) -> bytes:
+    """The payload bytes of ``message``."""
+    data: bytes = msgpack.packb(message.to_list(), use_bin_type=True)
+    return data
+
+
+def _decode(cls: type[M], payload: bytes) -> M:
+    try:
+        fields = msgpack.unpackb(payload, raw=False, use_list=True)
+    except Exception as exc:
+        raise RemoteProtocolError(f"{cls.__name__}: payload is not msgpack ({exc})") from None
+    if type(fields) is not list or len(fields) != len(cls._FIELDS):
+        raise RemoteProtocolError(
+            f"{cls.__name__}: expected {len(cls._FIELDS)} fields, got {_describe(fields)}"
+        )
+    for (name, check), value in zip(cls._FIELDS, fields, strict=True):
+        if not check(value):
+            raise RemoteProtocolError(
+                f"{cls.__name__}: field {name!r} has the wrong type ({type(value).__name__})"
+            )
+    return cls(*fields)
+
+
+def _describe(value: Any) -> str:
+    return f"{len(value)} fields" if type(value) is list else type(value).__name__
+
+
+def decode_request(op: int, payload: bytes) -> Message:
+    """Decode a request frame; ``RemoteProtocolError`` for an unknown op or bad fields."""
+    cls = _REQUESTS.get(op)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown op code {op}")
+    return _decode(cls, payload)
+
+
+def decode_reply(cls: type[M], payload: bytes) -> M:
+    """Decode a ``REPLY`` payload that the caller expects to be a ``cls``."""
+    return _decode(cls, payload)
+
+
+# -- connection level ---------------------------------------------------------
+
+
+@_message
+class ErrorReply(Message):
+    """An ``ERROR`` answer: ``kind`` names the exception class (see ``_errors``)."""
+
+    kind: str
+    message: str
+
+
+@_message
+class Hello(Message):
+    """Server to client, first frame: protocol version and the server's nonce."""
+
+    version: int
+    nonce: bytes
+
+
+@_message
+class Auth(Message):
+    """Client to server: its nonce, proof of the token, and a display name."""
+
+    nonce: bytes
+    proof: bytes
+    name: str
+
+
+@_message
+class Welcome(Message):
+    """Server to client: proof that the server holds the token too; the client id."""
+
+    proof: bytes
+    client_id: int
+
+
+@_request
+class Cancel(Message):
+    """Withdraw the parked request ``request_id`` (answered by that request)."""
+
+    OP = Op.CANCEL
+    request_id: int
+
+
+@_request
+class Ack(Message):
+    """The client handed these leased items to its user: forget them."""
+
+    OP = Op.ACK
+    leases: list[int]
+
+
+@_message
+class Ok(Message):
+    """A reply with nothing to say."""
+
+
+# -- queues ---------------------------------------------------------------------
+
+
+@_request
+class QueueOpen(Message):
+    """Create the queue if needed; ``maxsize`` 0 means unbounded."""
+
+    OP = Op.QUEUE_OPEN
+    queue: str
+    maxsize: int
+
+
+@_message
+class QueueInfo(Message):
+    """Reply to ``QueueOpen``: the queue's real maxsize and put credit granted."""
+
+    maxsize: int
+    credit: int  # -1: unbounded queue, puts never need credit
+
+
+@_request
+class QueuePut(Message):
+    """Put ``items`` (all or none).
+
+    ``credited``: paid from this connection's put credit, so it is accepted
+    at once.  Otherwise it parks until there is room if ``wait``, or fails
+    with ``WouldBlock``.
+    """
+
+    OP = Op.QUEUE_PUT
+    queue: str
+    items: list[bytes]
+    credited: bool
+    wait: bool
+
+
+@_message
+class PutDone(Message):
+    """Reply to ``QueuePut``: the items are in the queue; more credit granted."""
+
+    credit: int
+
+
+@_request
+class QueueGet(Message):
+    """Take 1..``max_items`` items; park until there is one if ``wait``."""
+
+    OP = Op.QUEUE_GET
+    queue: str
+    max_items: int
+    wait: bool
+
+
+@_message
+class Items(Message):
+    """Reply to ``QueueGet``: items leased as ``first_lease``, ``first_lease + 1``, ..."""
+
+    items: list[bytes]
+    first_lease: int
+
+
+@_request
+class QueueReturn(Message):
+    """Give leased items back to the head of their queue, unconsumed."""
+
+    OP = Op.QUEUE_RETURN
+    leases: list[int]
+
+
+@_request
+class QueueSize(Message):
+    OP = Op.QUEUE_SIZE
+    queue: str
+
+
+@_message
+class Count(Message):
+    value: int
+
+
+@_request
+class QueueDelete(Message):
+    OP = Op.QUEUE_DELETE
+    queue: str
+
+
+@_request
+class EndpointOpen(Message):
+    """One more channel endpoint (``kind`` "send" or "receive") on ``queue``."""
+
+    OP = Op.ENDPOINT_OPEN
+    queue: str
+    kind: str
+
+
+@_request
+class EndpointClose(Message):
+    OP = Op.ENDPOINT_CLOSE
+    queue: str
+    kind: str
+
+
+# -- variables -------------------------------------------------------------------
+
+
+@_request
+class VariableSet(Message):
+    OP = Op.VARIABLE_SET
+    name: str
+    value: bytes
+
+
+@_request
+class VariableGet(Message):
+    """Read a variable; park until it is set if ``wait``."""
+
+    OP = Op.VARIABLE_GET
+    name: str
+    wait: bool
+
+
+@_message
+class Value(Message):
+    value: bytes
+
+
+@_request
+class VariableDelete(Message):
+    OP = Op.VARIABLE_DELETE
+    name: str
+
+
+# -- introspection ------------------------------------------------------------------
+
+
+@_request
+class Status(Message):
+    OP = Op.STATUS
+
+
+@_message
+class StatusReport(Message):
+    """Plain data about queues, variables and clients (see ``_state.status``)."""
+
+    report: dict[str, Any]

@@ -1,0 +1,334 @@
+"""Named queues shared through the scheduler, and their trio channel endpoints.
+
+Rules (the cancellation contract of DESIGN.md):
+
+* A ``put`` either put its items or did not, and the caller can tell: it
+  returns only once the items are committed, and raises ``trio.Cancelled``
+  only if they were not.  With put credit (always, for an unbounded queue)
+  the commit is local and instant: the frame is queued on the ordered
+  connection and the scheduler has reserved room for it.  Without credit
+  the put parks in the scheduler; a cancelled one is withdrawn and its
+  verdict awaited before returning.
+* A ``get`` either took nothing, or its items reach this client's next
+  ``get`` on that queue: an answer that arrives after the caller was
+  cancelled goes to the handle's local buffer.  Items leased to this
+  client and not yet handed to a caller return to the queue if the client
+  goes away.
+* ``*_nowait`` methods are ``async``: they never wait for room or for an
+  item, but may need one round trip to ask the scheduler (a plain method
+  could only answer from local state and would report ``WouldBlock`` for a
+  queue that has items).
+* ``prefetch``: a get asks for up to that many items and keeps the extra
+  ones locally for the next gets (fast, but others cannot take them
+  meanwhile); ``prefetch=1`` gives strict demand-driven fairness.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._messages import (
+    Count,
+    EndpointClose,
+    EndpointOpen,
+    Items,
+    Ok,
+    PutDone,
+    QueueDelete,
+    QueueGet,
+    QueueInfo,
+    QueueOpen,
+    QueuePut,
+    QueueSize,
+)
+from ._state import UNLIMITED
+
+if TYPE_CHECKING:
+    from ._client import Client, _Pending
+
+__all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel"]
+
+
+class _Link:
+    """What one client knows about one queue; shared by all its handles."""
+
+    __slots__ = ("name", "maxsize", "credit", "buffer", "error")
+
+    def __init__(self, name: str, maxsize: int) -> None:
+        self.name = name
+        self.maxsize = maxsize
+        self.credit = 0  # put credit; UNLIMITED for an unbounded queue
+        self.buffer: deque[tuple[int, bytes]] = deque()  # leased, not yet handed out
+        self.error: BaseException | None = None  # from a put nobody waited for
+
+    def add_credit(self, credit: int) -> None:
+        if credit == UNLIMITED:
+            self.credit = UNLIMITED
+        elif self.credit != UNLIMITED:
+            self.credit += credit
+
+
+def _check_count(name: str, value: object, minimum: int) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class Queue:
+    """A named multi-producer, multi-consumer FIFO queue shared by every client.
+
+    Create it with ``client.queue(name, maxsize)``: ``maxsize`` 0 (the
+    default) is unbounded; a positive one bounds the items not yet
+    consumed, and ``put`` waits for room.  Items are any msgpack-able or
+    cloudpickle-able objects.
+    """
+
+    def __init__(
+        self, client: Client, name: str | None = None, maxsize: int = 0, *, prefetch: int = 16
+    ) -> None:
+        if name is None:
+            name = f"queue-{uuid.uuid4().hex}"
+        if type(name) is not str:
+            raise TypeError(f"queue name must be a str, got {type(name).__name__}")
+        self._client = client
+        self._prefetch = _check_count("prefetch", prefetch, 1)
+        _check_count("maxsize", maxsize, 0)
+        link = client._queue_links.get(name)
+        if link is None:
+            link = client._queue_links[name] = _Link(name, maxsize)
+        self._link: _Link = link
+        client.send_request(QueueOpen(name, maxsize), late=self._on_opened)
+
+    @property
+    def name(self) -> str:
+        return self._link.name
+
+    @property
+    def maxsize(self) -> int:
+        """The queue's bound (0: unbounded), as the scheduler last reported it."""
+        return self._link.maxsize
+
+    def __repr__(self) -> str:
+        return f"<trioq.Queue {self.name!r} maxsize={self.maxsize}>"
+
+    # -- putting -------------------------------------------------------------------
+
+    async def put(self, item: Any) -> None:
+        """Put one item, waiting for room if the queue is full."""
+        await self._put([self._client.serializer.dumps(item)], wait=True)
+
+    async def put_nowait(self, item: Any) -> None:
+        """Put one item or raise ``trio.WouldBlock`` if there is no room now."""
+        await self._put([self._client.serializer.dumps(item)], wait=False)
+
+    async def put_batch(self, items: Iterable[Any]) -> None:
+        """Put several items, all or none, in order (waits for room for all)."""
+        dumps = self._client.serializer.dumps
+        data = [dumps(item) for item in items]
+        if data:
+            await self._put(data, wait=True)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def _put(self, data: list[bytes], *, wait: bool) -> None:
+        link = self._link
+        self._raise_deferred()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        connection = self._client._connection
+        if link.credit == UNLIMITED or link.credit >= len(data):
+            if wait:
+                await connection.wait_writable()  # back pressure before committing
+            elif connection.over_high_water():
+                raise trio.WouldBlock("the connection's send buffer is full")
+            if link.credit != UNLIMITED:
+                link.credit -= len(data)
+            self._client.send_request(QueuePut(link.name, data, True, True), late=self._on_put)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        reply = await self._client.request(
+            QueuePut(link.name, data, False, wait), PutDone, on_cancel="outcome"
+        )
+        link.add_credit(reply.credit)
+
+    # -- getting -------------------------------------------------------------------
+
+    async def get(self) -> Any:
+        """Take the oldest item, waiting for one.  ``trio.EndOfChannel`` once closed and empty."""
+        return (await self._get(1, wait=True))[0]
+
+    async def get_nowait(self) -> Any:
+        """Take the oldest item or raise ``trio.WouldBlock`` if there is none now."""
+        return (await self._get(1, wait=False))[0]
+
+    async def get_batch(self, n: int) -> list[Any]:
+        """Take up to ``n`` items (at least one, waiting for it)."""
+        _check_count("n", n, 1)
+        return await self._get(n, wait=True)
+
+    async def _get(self, n: int, *, wait: bool) -> list[Any]:
+        link = self._link
+        self._raise_deferred()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if link.buffer:
+            taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            reply = await self._client.request(
+                QueueGet(link.name, max(n, self._prefetch), wait),
+                Items,
+                on_cancel="withdraw",
+                late=self._on_late_items,
+            )
+            leased = list(enumerate(reply.items, reply.first_lease))
+            taken, extra = leased[:n], leased[n:]
+            link.buffer.extend(extra)
+        self._client.ack([lease for lease, _ in taken])
+        loads = self._client.serializer.loads
+        return [loads(data) for _, data in taken]
+
+    # -- other operations ---------------------------------------------------------------
+
+    async def qsize(self) -> int:
+        """Items put and not yet consumed (including ones prefetched by clients)."""
+        reply = await self._client.request(QueueSize(self.name), Count)
+        return reply.value
+
+    async def delete(self) -> None:
+        """Delete the queue and its items; waiting calls raise ``BrokenResourceError``."""
+        await self._client.request(QueueDelete(self.name), Ok)
+
+    def open_channels(self) -> tuple[QueueSendChannel, QueueReceiveChannel]:
+        """A send and a receive endpoint counted across the cluster (see the classes)."""
+        return QueueSendChannel(self), QueueReceiveChannel(self)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                item = await self.get()
+            except trio.EndOfChannel:
+                return
+            yield item
+
+    # -- answers nobody waits for ---------------------------------------------------------
+
+    def _raise_deferred(self) -> None:
+        self._client.check_usable()
+        error, self._link.error = self._link.error, None
+        if error is not None:
+            raise error
+
+    def _on_opened(self, pending: _Pending) -> None:
+        if pending.op == 0:
+            return  # the connection broke: every later call says so
+        try:
+            info = self._client._result(pending, QueueInfo)
+        except Exception as exc:
+            self._link.error = exc
+            return
+        self._link.maxsize = info.maxsize
+        self._link.add_credit(info.credit)
+
+    def _on_put(self, pending: _Pending) -> None:
+        if pending.op == 0:
+            return
+        try:
+            done = self._client._result(pending, PutDone)
+        except Exception as exc:
+            self._link.error = exc
+            return
+        self._link.add_credit(done.credit)
+
+    def _record_error(self, pending: _Pending) -> None:
+        """An answer nobody waits for: keep an error for this queue's next call."""
+        if pending.op == 0:
+            return
+        try:
+            self._client._result(pending, Ok)
+        except Exception as exc:
+            self._link.error = exc
+
+    def _on_late_items(self, pending: _Pending) -> None:
+        """A cancelled get's answer arrived anyway: keep its items for the next get."""
+        if pending.op == 0:
+            return
+        try:
+            reply = self._client._result(pending, Items)
+        except BaseException:
+            return  # withdrawn or failed: nothing was taken
+        self._link.buffer.extend(enumerate(reply.items, reply.first_lease))
+
+
+class QueueSendChannel(trio.abc.SendChannel[Any]):
+    """A ``trio.abc.SendChannel`` that puts into a named queue.
+
+    Every open send endpoint in the cluster is counted by the scheduler;
+    when the last one closes (or its client vanishes), receivers drain the
+    queue and then get ``trio.EndOfChannel``.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self._closed = False
+        queue._client.send_request(EndpointOpen(queue.name, "send"), late=queue._record_error)
+
+    async def send(self, value: Any) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this send endpoint was closed")
+        await self._queue.put(value)
+
+    def clone(self) -> QueueSendChannel:
+        if self._closed:
+            raise trio.ClosedResourceError("this send endpoint was closed")
+        return QueueSendChannel(self._queue)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _close_endpoint(self._queue, "send")
+        await trio.lowlevel.checkpoint()
+
+
+class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
+    """A ``trio.abc.ReceiveChannel`` that gets from a named queue.
+
+    Counted like send endpoints: once every receive endpoint is closed,
+    sending raises ``trio.BrokenResourceError``.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self._closed = False
+        queue._client.send_request(EndpointOpen(queue.name, "receive"), late=queue._record_error)
+
+    async def receive(self) -> Any:
+        if self._closed:
+            raise trio.ClosedResourceError("this receive endpoint was closed")
+        return await self._queue.get()
+
+    def clone(self) -> QueueReceiveChannel:
+        if self._closed:
+            raise trio.ClosedResourceError("this receive endpoint was closed")
+        return QueueReceiveChannel(self._queue)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _close_endpoint(self._queue, "receive")
+        await trio.lowlevel.checkpoint()
+
+
+def _close_endpoint(queue: Queue, kind: str) -> None:
+    client = queue._client
+    if client._closed or client._broken is not None:
+        return  # the scheduler counts a vanished client's endpoints as closed
+    client.send_request(EndpointClose(queue.name, kind), late=queue._record_error)

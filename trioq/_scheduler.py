@@ -1,0 +1,157 @@
+"""The scheduler process's trio shell: accept, authenticate, apply, answer.
+
+Rules:
+
+* ``Scheduler.serve`` runs in the caller's nursery (``nursery.start``
+  reports the bound address).  Every connection is one handler task in the
+  scheduler's own nursery: a reader applying requests to the shared
+  ``SchedulerState`` synchronously (so all clients' requests are applied in
+  one order) and a writer that sends coalesced answers.  A slow or broken
+  client only ever blocks its own writer.
+* Nothing a client sends is decoded beyond the handshake until it has
+  proven it holds the token.  A malformed frame or message gets an
+  ``ERROR`` answer where possible and closes that connection only.
+* The scheduler never unpickles: item payloads are opaque ``bytes`` to it
+  (this module's import closure holds no pickle; a test checks it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+from typing import Any
+
+import trio
+
+from ._auth import generate_token
+from ._exceptions import AuthenticationError, ProtocolError, RemoteProtocolError
+from ._impl import core
+from ._messages import ErrorReply, Op, decode_request, encode_message
+from ._state import Fail, Reply, SchedulerState
+from ._transport import FramedConnection
+
+__all__ = ["Scheduler", "is_loopback"]
+
+log = logging.getLogger("trioq.scheduler")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Scheduler:
+    """Owns all named state and serves it over TCP.
+
+    ``token`` authenticates every connection; when omitted one is generated
+    (``self.token``), which is refused for a non-loopback ``host``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        if token is None and not is_loopback(host):
+            raise ValueError(
+                f"refusing to listen on non-loopback address {host!r} without a token; "
+                "pass one with --token-file or the TRIOQ_TOKEN environment variable"
+            )
+        self.host = host
+        self.port = port
+        self.token = token if token is not None else generate_token()
+        self.max_frame_size = max_frame_size
+        self.state = SchedulerState()
+        self.address: str | None = None
+        self._connections: dict[int, FramedConnection] = {}
+        self._next_conn = 1
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; reports ``tcp://host:port`` when ready."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        sockname = listeners[0].socket.getsockname()
+        host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
+        self.address = f"tcp://{host}:{sockname[1]}"
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+            task_status.started(self.address)
+            await trio.sleep(math.inf)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(self._handle_connection, stream)
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        conn_id = self._next_conn
+        self._next_conn += 1
+        try:
+            peer = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            peer = "?"
+        connection = FramedConnection(stream, max_frame_size=self.max_frame_size)
+        try:
+            name = await connection.server_handshake(self.token, conn_id)
+        except AuthenticationError as exc:
+            log.warning("refused connection from %s: %s", peer, exc)
+            await stream.aclose()
+            return
+        self.state.connect(conn_id, name, peer)
+        self._connections[conn_id] = connection
+        log.info("client %d (%s) connected from %s", conn_id, name, peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connection.run_writer)
+                try:
+                    await connection.run_reader(lambda frame: self._on_frame(conn_id, frame))
+                finally:
+                    # Let the writer deliver what is queued (an error answer, say).
+                    connection.start_closing()
+                    with trio.move_on_after(1):
+                        await connection.writer_done.wait()
+                    nursery.cancel_scope.cancel()
+        except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.warning("closing client %d (%s): %s", conn_id, name, exc)
+        finally:
+            del self._connections[conn_id]
+            self._execute(self.state.disconnect(conn_id))
+            with trio.CancelScope(shield=True):
+                await connection.aclose()
+            log.info("client %d (%s) disconnected", conn_id, name)
+
+    def _on_frame(self, conn_id: int, frame: Any) -> None:
+        try:
+            message = decode_request(frame.op, frame.payload)
+        except RemoteProtocolError as exc:
+            # Tell the client what was wrong, then close this connection only.
+            self._send(Fail(conn_id, frame.request_id, "ProtocolError", str(exc)))
+            raise
+        self._execute(self.state.handle(conn_id, frame.request_id, message))
+
+    def _execute(self, out: list[Reply | Fail]) -> None:
+        for instruction in out:
+            self._send(instruction)
+
+    def _send(self, instruction: Reply | Fail) -> None:
+        connection = self._connections.get(instruction.conn)
+        if connection is None or connection.is_broken:
+            return  # its disconnect returns whatever was leased to it
+        if isinstance(instruction, Reply):
+            op, payload = Op.REPLY, encode_message(instruction.message)
+        else:
+            op, payload = Op.ERROR, encode_message(ErrorReply(instruction.kind, instruction.text))
+        try:
+            connection.send(op, instruction.request_id, payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

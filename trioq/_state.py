@@ -1,0 +1,510 @@
+"""The scheduler's named state: queues, leases, put credit, variables (sans-IO).
+
+Rules:
+
+* ``SchedulerState.handle(conn, request_id, message)`` applies one request
+  and returns instructions (``Reply``, ``Fail``) for the shell to send.
+  Nothing here awaits, so requests are applied in one global order.
+* Items are opaque ``bytes``; this module never decodes them.
+* An item handed to a client is *leased* to that connection until the
+  client acknowledges it (``Ack``).  A connection that goes away, or returns
+  leases, puts those items back at the head of their queue in their
+  original order: no item is lost or duplicated by a vanished client.
+* ``maxsize`` 0 means unbounded.  For a bounded queue, room is
+  ``maxsize - queued - leased - reserved``: an item counts until a client
+  has acknowledged consuming it, and ``reserved`` is put credit handed to
+  connections (a connection holding credit may put that many items without
+  waiting for an answer).  Credit is granted only while nobody is
+  parked waiting for room, and released when its connection goes.
+* A parked request (a get waiting for an item, a put waiting for room, a
+  variable read waiting for a value) answers exactly once: served, failed,
+  or withdrawn by ``Cancel`` (answered with the ``Cancelled`` kind).
+
+Complexity: O(1) per item moved; O(parked) to find work after a change.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._messages import (
+    Ack,
+    Cancel,
+    Count,
+    EndpointClose,
+    EndpointOpen,
+    Items,
+    Message,
+    Ok,
+    PutDone,
+    QueueDelete,
+    QueueGet,
+    QueueInfo,
+    QueueOpen,
+    QueuePut,
+    QueueReturn,
+    QueueSize,
+    Status,
+    StatusReport,
+    Value,
+    VariableDelete,
+    VariableGet,
+    VariableSet,
+)
+
+__all__ = ["Reply", "Fail", "SchedulerState", "CREDIT_WINDOW", "UNLIMITED"]
+
+CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
+UNLIMITED = -1  # credit value meaning "unbounded queue: no credit needed"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``message`` as the answer to ``request_id`` on ``conn``."""
+
+    conn: int
+    request_id: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Answer ``request_id`` on ``conn`` with an error of ``kind``."""
+
+    conn: int
+    request_id: int
+    kind: str
+    text: str
+
+
+Out = list[Reply | Fail]
+
+
+class StateError(Exception):
+    """A request the state refuses: becomes a ``Fail`` of ``kind``."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(text)
+        self.kind = kind
+
+
+@dataclass(slots=True)
+class _Queue:
+    name: str
+    maxsize: int
+    items: deque[bytes] = field(default_factory=deque)
+    getters: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, rid) -> max
+    putters: dict[tuple[int, int], list[bytes]] = field(default_factory=dict)
+    reserved: dict[int, int] = field(default_factory=dict)  # conn -> put credit
+    reserved_total: int = 0
+    leased: int = 0
+    senders: int = 0
+    receivers: int = 0
+    closed: bool = False  # its last send endpoint closed
+    broken: bool = False  # its last receive endpoint closed
+
+    def room(self) -> int:
+        # Leased items are not consumed until acknowledged: they still take room.
+        return self.maxsize - len(self.items) - self.leased - self.reserved_total
+
+
+@dataclass(slots=True)
+class _Conn:
+    name: str
+    address: str
+    leases: dict[int, tuple[_Queue, bytes]] = field(default_factory=dict)
+    next_lease: int = 1
+    parked: dict[int, tuple[str, str]] = field(default_factory=dict)  # rid -> (kind, name)
+    endpoints: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class SchedulerState:
+    """All named state of one scheduler, driven by requests from connections."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._variables: dict[str, bytes] = {}
+        self._var_waiters: dict[str, dict[tuple[int, int], None]] = {}
+        self._conns: dict[int, _Conn] = {}
+
+    # -- connections -----------------------------------------------------------
+
+    def connect(self, conn: int, name: str = "", address: str = "") -> None:
+        """A connection has authenticated."""
+        if conn in self._conns:
+            raise ValueError(f"connection {conn} is already known")
+        self._conns[conn] = _Conn(name, address)
+
+    def disconnect(self, conn: int) -> Out:
+        """A connection is gone: return its leases, release its credit and endpoints."""
+        state = self._conns.pop(conn)
+        out: Out = []
+        for rid, (kind, name) in state.parked.items():
+            self._unpark(conn, rid, kind, name)
+        touched = self._restore_leases(state.leases)
+        for queue in self._queues.values():
+            held = queue.reserved.pop(conn, 0)
+            if held:
+                queue.reserved_total -= held
+                touched.add(queue.name)
+        for (name, kind), count in state.endpoints.items():
+            queue_or_none = self._queues.get(name)
+            if queue_or_none is not None and count:
+                self._drop_endpoint(queue_or_none, kind, count, out)
+                touched.add(name)
+        for name in touched:
+            queue_or_none = self._queues.get(name)
+            if queue_or_none is not None:
+                self._settle(queue_or_none, out)
+        return out
+
+    # -- requests ----------------------------------------------------------------
+
+    def handle(self, conn: int, request_id: int, message: Message) -> Out:
+        """Apply one request; return what to send."""
+        out: Out = []
+        handler = self._HANDLERS.get(type(message))
+        try:
+            if handler is None:
+                raise StateError("ProtocolError", f"{type(message).__name__} is not a request")
+            handler(self, conn, request_id, message, out)
+        except StateError as exc:
+            out.append(Fail(conn, request_id, exc.kind, str(exc)))
+        return out
+
+    def _queue(self, name: str) -> _Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            raise StateError(
+                "BrokenResourceError", f"queue {name!r} does not exist (it was deleted)"
+            )
+        return queue
+
+    def _on_queue_open(self, conn: int, rid: int, msg: QueueOpen, out: Out) -> None:
+        if msg.maxsize < 0:
+            raise StateError("ValueError", f"maxsize must be >= 0, got {msg.maxsize}")
+        queue = self._queues.get(msg.queue)
+        if queue is None:
+            queue = self._queues[msg.queue] = _Queue(msg.queue, msg.maxsize)
+        elif msg.maxsize and msg.maxsize != queue.maxsize:
+            raise StateError(
+                "ValueError",
+                f"queue {msg.queue!r} exists with maxsize {queue.maxsize}, not {msg.maxsize}",
+            )
+        out.append(Reply(conn, rid, QueueInfo(queue.maxsize, self._grant(queue, conn))))
+
+    def _on_queue_put(self, conn: int, rid: int, msg: QueuePut, out: Out) -> None:
+        queue = self._queue(msg.queue)
+        if queue.broken:
+            raise StateError(
+                "BrokenResourceError", f"every receive endpoint of queue {msg.queue!r} is closed"
+            )
+        if queue.closed:
+            raise StateError(
+                "ClosedResourceError", f"queue {msg.queue!r} was closed by its last send endpoint"
+            )
+        n = len(msg.items)
+        if queue.maxsize and msg.credited:
+            held = queue.reserved.get(conn, 0)
+            if held < n:
+                raise StateError("ProtocolError", f"put of {n} items with only {held} credit")
+            queue.reserved[conn] = held - n
+            queue.reserved_total -= n
+        elif queue.maxsize and not msg.credited:
+            if n > queue.maxsize:
+                raise StateError(
+                    "ValueError",
+                    f"a batch of {n} items can never fit in queue {msg.queue!r} "
+                    f"(maxsize {queue.maxsize})",
+                )
+            if queue.putters or queue.room() < n:
+                if not msg.wait:
+                    raise StateError("WouldBlock", f"queue {msg.queue!r} is full")
+                queue.putters[(conn, rid)] = msg.items
+                self._conns[conn].parked[rid] = ("put", msg.queue)
+                return
+        queue.items.extend(msg.items)
+        out.append(Reply(conn, rid, PutDone(self._grant(queue, conn))))
+        self._feed_getters(queue, out)
+
+    def _on_queue_get(self, conn: int, rid: int, msg: QueueGet, out: Out) -> None:
+        if msg.max_items < 1:
+            raise StateError("ValueError", f"max_items must be >= 1, got {msg.max_items}")
+        queue = self._queue(msg.queue)
+        if queue.items and not queue.getters:
+            self._deliver(queue, conn, rid, msg.max_items, out)
+            self._feed_putters(queue, out)
+        elif queue.closed and not queue.items:
+            raise StateError("EndOfChannel", f"queue {msg.queue!r} is closed and empty")
+        elif not msg.wait:
+            raise StateError("WouldBlock", f"queue {msg.queue!r} is empty")
+        else:
+            queue.getters[(conn, rid)] = msg.max_items
+            self._conns[conn].parked[rid] = ("get", msg.queue)
+
+    def _on_ack(self, conn: int, rid: int, msg: Ack, out: Out) -> None:
+        leases = self._conns[conn].leases
+        freed: dict[int, _Queue] = {}
+        for lease in msg.leases:
+            entry = leases.pop(lease, None)
+            if entry is not None:
+                entry[0].leased -= 1
+                freed[id(entry[0])] = entry[0]
+        for queue in freed.values():
+            if queue.putters and self._queues.get(queue.name) is queue:
+                self._feed_putters(queue, out)
+
+    def _on_queue_return(self, conn: int, rid: int, msg: QueueReturn, out: Out) -> None:
+        leases = self._conns[conn].leases
+        returned = {lease: leases.pop(lease) for lease in msg.leases if lease in leases}
+        for name in self._restore_leases(returned):
+            self._settle(self._queues[name], out)
+        out.append(Reply(conn, rid, Ok()))
+
+    def _on_queue_size(self, conn: int, rid: int, msg: QueueSize, out: Out) -> None:
+        """Items put and not yet consumed: queued plus leased but unacknowledged."""
+        queue = self._queue(msg.queue)
+        out.append(Reply(conn, rid, Count(len(queue.items) + queue.leased)))
+
+    def _on_queue_delete(self, conn: int, rid: int, msg: QueueDelete, out: Out) -> None:
+        queue = self._queues.pop(msg.queue, None)
+        if queue is not None:
+            text = f"queue {msg.queue!r} was deleted"
+            for (owner, request), _ in [*queue.getters.items(), *queue.putters.items()]:
+                self._conns[owner].parked.pop(request, None)
+                out.append(Fail(owner, request, "BrokenResourceError", text))
+            for state in self._conns.values():
+                for key in [key for key in state.endpoints if key[0] == msg.queue]:
+                    del state.endpoints[key]
+        out.append(Reply(conn, rid, Ok()))
+
+    def _on_endpoint_open(self, conn: int, rid: int, msg: EndpointOpen, out: Out) -> None:
+        queue = self._queue(msg.queue)
+        if msg.kind == "send":
+            if queue.closed:
+                raise StateError(
+                    "ClosedResourceError", f"queue {msg.queue!r} was closed by its last sender"
+                )
+            queue.senders += 1
+        elif msg.kind == "receive":
+            queue.receivers += 1
+        else:
+            raise StateError("ValueError", f"endpoint kind must be send or receive: {msg.kind!r}")
+        endpoints = self._conns[conn].endpoints
+        endpoints[(msg.queue, msg.kind)] = endpoints.get((msg.queue, msg.kind), 0) + 1
+        out.append(Reply(conn, rid, Ok()))
+
+    def _on_endpoint_close(self, conn: int, rid: int, msg: EndpointClose, out: Out) -> None:
+        endpoints = self._conns[conn].endpoints
+        key = (msg.queue, msg.kind)
+        if not endpoints.get(key):
+            raise StateError("ValueError", f"no open {msg.kind} endpoint of queue {msg.queue!r}")
+        endpoints[key] -= 1
+        queue = self._queue(msg.queue)
+        self._drop_endpoint(queue, msg.kind, 1, out)
+        out.append(Reply(conn, rid, Ok()))
+
+    def _on_cancel(self, conn: int, rid: int, msg: Cancel, out: Out) -> None:
+        parked = self._conns[conn].parked.pop(msg.request_id, None)
+        if parked is not None:  # otherwise it was answered already: nothing to do
+            self._unpark(conn, msg.request_id, *parked)
+            out.append(Fail(conn, msg.request_id, "Cancelled", "withdrawn"))
+
+    def _on_variable_set(self, conn: int, rid: int, msg: VariableSet, out: Out) -> None:
+        self._variables[msg.name] = msg.value
+        for owner, request in self._var_waiters.pop(msg.name, {}):
+            self._conns[owner].parked.pop(request, None)
+            out.append(Reply(owner, request, Value(msg.value)))
+        out.append(Reply(conn, rid, Ok()))
+
+    def _on_variable_get(self, conn: int, rid: int, msg: VariableGet, out: Out) -> None:
+        value = self._variables.get(msg.name)
+        if value is not None:
+            out.append(Reply(conn, rid, Value(value)))
+        elif not msg.wait:
+            raise StateError("LookupError", f"variable {msg.name!r} is not set")
+        else:
+            self._var_waiters.setdefault(msg.name, {})[(conn, rid)] = None
+            self._conns[conn].parked[rid] = ("variable", msg.name)
+
+    def _on_variable_delete(self, conn: int, rid: int, msg: VariableDelete, out: Out) -> None:
+        self._variables.pop(msg.name, None)
+        out.append(Reply(conn, rid, Ok()))
+
+    def _on_status(self, conn: int, rid: int, msg: Status, out: Out) -> None:
+        out.append(Reply(conn, rid, StatusReport(self.status())))
+
+    _HANDLERS: dict[type, Any] = {
+        QueueOpen: _on_queue_open,
+        QueuePut: _on_queue_put,
+        QueueGet: _on_queue_get,
+        Ack: _on_ack,
+        QueueReturn: _on_queue_return,
+        QueueSize: _on_queue_size,
+        QueueDelete: _on_queue_delete,
+        EndpointOpen: _on_endpoint_open,
+        EndpointClose: _on_endpoint_close,
+        Cancel: _on_cancel,
+        VariableSet: _on_variable_set,
+        VariableGet: _on_variable_get,
+        VariableDelete: _on_variable_delete,
+        Status: _on_status,
+    }
+
+    # -- mechanics -----------------------------------------------------------------
+
+    def _grant(self, queue: _Queue, conn: int) -> int:
+        """Top this connection's put credit up towards the window; return the grant."""
+        if not queue.maxsize:
+            return UNLIMITED
+        if queue.putters:
+            return 0
+        window = max(1, min(CREDIT_WINDOW, queue.maxsize // 4))
+        held = queue.reserved.get(conn, 0)
+        grant = min(window - held, queue.room())
+        if grant <= 0:
+            return 0
+        queue.reserved[conn] = held + grant
+        queue.reserved_total += grant
+        return grant
+
+    def _deliver(self, queue: _Queue, conn: int, rid: int, max_items: int, out: Out) -> None:
+        state = self._conns[conn]
+        n = min(max_items, len(queue.items))
+        first = state.next_lease
+        items = [queue.items.popleft() for _ in range(n)]
+        for offset, item in enumerate(items):
+            state.leases[first + offset] = (queue, item)
+        state.next_lease = first + n
+        queue.leased += n
+        out.append(Reply(conn, rid, Items(items, first)))
+
+    def _feed_getters(self, queue: _Queue, out: Out) -> None:
+        while queue.items and queue.getters:
+            (conn, rid), max_items = next(iter(queue.getters.items()))
+            del queue.getters[(conn, rid)]
+            self._conns[conn].parked.pop(rid, None)
+            share = max(1, len(queue.items) // (len(queue.getters) + 1))
+            self._deliver(queue, conn, rid, min(max_items, share), out)
+        if queue.closed and not queue.items:
+            self._end_getters(queue, out)
+
+    def _feed_putters(self, queue: _Queue, out: Out) -> None:
+        while queue.putters:
+            (conn, rid), items = next(iter(queue.putters.items()))
+            if queue.room() < len(items):
+                break
+            del queue.putters[(conn, rid)]
+            self._conns[conn].parked.pop(rid, None)
+            queue.items.extend(items)
+            out.append(Reply(conn, rid, PutDone(self._grant(queue, conn))))
+        self._feed_getters(queue, out)
+
+    def _settle(self, queue: _Queue, out: Out) -> None:
+        """After items or room changed outside a put/get: serve whoever waits."""
+        self._feed_putters(queue, out)
+
+    def _end_getters(self, queue: _Queue, out: Out) -> None:
+        text = f"queue {queue.name!r} is closed and empty"
+        for conn, rid in list(queue.getters):
+            self._conns[conn].parked.pop(rid, None)
+            out.append(Fail(conn, rid, "EndOfChannel", text))
+        queue.getters.clear()
+
+    def _drop_endpoint(self, queue: _Queue, kind: str, count: int, out: Out) -> None:
+        if kind == "send":
+            queue.senders -= count
+            if queue.senders == 0:
+                queue.closed = True
+                if not queue.items:
+                    self._end_getters(queue, out)
+        else:
+            queue.receivers -= count
+            if queue.receivers == 0:
+                queue.broken = True
+                text = f"every receive endpoint of queue {queue.name!r} is closed"
+                for conn, rid in list(queue.putters):
+                    self._conns[conn].parked.pop(rid, None)
+                    out.append(Fail(conn, rid, "BrokenResourceError", text))
+                queue.putters.clear()
+
+    def _unpark(self, conn: int, rid: int, kind: str, name: str) -> None:
+        if kind == "get":
+            queue = self._queues.get(name)
+            if queue is not None:
+                queue.getters.pop((conn, rid), None)
+        elif kind == "put":
+            queue = self._queues.get(name)
+            if queue is not None:
+                queue.putters.pop((conn, rid), None)
+        else:
+            waiters = self._var_waiters.get(name)
+            if waiters is not None:
+                waiters.pop((conn, rid), None)
+                if not waiters:
+                    del self._var_waiters[name]
+
+    def _restore_leases(self, leases: dict[int, tuple[_Queue, bytes]]) -> set[str]:
+        """Put leased items back at the head of their queues, oldest lease first.
+
+        Items of a queue deleted since (even if re-created under its name) are dropped.
+        """
+        touched: set[str] = set()
+        for lease in sorted(leases, reverse=True):
+            queue, item = leases[lease]
+            queue.leased -= 1
+            if self._queues.get(queue.name) is queue:
+                queue.items.appendleft(item)
+                touched.add(queue.name)
+        return touched
+
+    # -- introspection ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Plain data for ``python -m trioq status``."""
+        return {
+            "queues": [
+                {
+                    "name": q.name,
+                    "size": len(q.items),
+                    "maxsize": q.maxsize,
+                    "leased": q.leased,
+                    "getters": len(q.getters),
+                    "putters": len(q.putters),
+                    "senders": q.senders,
+                    "receivers": q.receivers,
+                    "closed": q.closed,
+                }
+                for q in self._queues.values()
+            ],
+            "variables": sorted(self._variables),
+            "clients": [
+                {"id": conn, "name": c.name, "address": c.address, "leases": len(c.leases)}
+                for conn, c in self._conns.items()
+            ],
+        }
+
+    def validate(self) -> None:
+        """Check the invariants that tie queues, leases and connections together."""
+        leased: dict[int, int] = {}
+        for conn, state in self._conns.items():
+            for queue_of_lease, _ in state.leases.values():
+                leased[id(queue_of_lease)] = leased.get(id(queue_of_lease), 0) + 1
+            for rid, (kind, name) in state.parked.items():
+                if kind == "get":
+                    assert (conn, rid) in self._queues[name].getters, "parked get is lost"
+                elif kind == "put":
+                    assert (conn, rid) in self._queues[name].putters, "parked put is lost"
+                else:
+                    assert (conn, rid) in self._var_waiters[name], "parked read is lost"
+        for queue in self._queues.values():
+            assert queue.leased == leased.get(id(queue), 0), "lease count is wrong"
+            assert queue.reserved_total == sum(queue.reserved.values()), "credit sum is wrong"
+            assert all(v >= 0 for v in queue.reserved.values()), "negative credit"
+            assert not (queue.items and queue.getters), "items wait while getters wait"
+            assert queue.senders >= 0 and queue.receivers >= 0, "negative endpoint count"
+            for conn, rid in [*queue.getters, *queue.putters]:
+                assert self._conns[conn].parked.get(rid) is not None, "parked request unknown"
+

@@ -1,0 +1,238 @@
+"""The trio shell around one connection: handshake, a frame reader, coalesced writes.
+
+Rules:
+
+* ``send`` never blocks: it appends a frame to the connection's encoder and
+  wakes the writer.  The writer sends everything buffered in one
+  ``send_all``, so frames issued together leave together (write
+  coalescing).  ``wait_writable`` gives producers back pressure when the
+  buffer passes its high-water mark.
+* ``run_reader`` and ``run_writer`` are loops for the owner's nursery; the
+  owner (scheduler or client) decides what a frame means.
+* Nothing from the peer is decoded with the full frame limit before the
+  handshake has succeeded; handshake frames are decoded with a tiny limit.
+* A failed write or read marks the connection broken; later ``send`` calls
+  raise ``trio.BrokenResourceError`` with the first failure as the cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ._auth import HANDSHAKE_MAX_FRAME, ClientHandshake, ServerHandshake
+from ._exceptions import AuthenticationError, ProtocolError
+from ._impl import core
+from ._messages import ErrorReply, Op, encode_message
+
+__all__ = ["FramedConnection", "HIGH_WATER"]
+
+HIGH_WATER = 4 * 1024 * 1024  # bytes buffered before producers are made to wait
+_RECEIVE_SIZE = 256 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class FramedConnection:
+    """Frames over a ``trio.abc.Stream``, with an authenticated start."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
+        high_water: int = HIGH_WATER,
+    ) -> None:
+        self.stream = stream
+        self._max_frame_size = max_frame_size
+        self._high_water = high_water
+        self._encoder = core.FrameEncoder(max_frame_size)
+        self._decoder = core.FrameDecoder(HANDSHAKE_MAX_FRAME)
+        self._has_data = trio.Event()
+        self._drained = trio.Event()
+        self._drained.set()
+        self._closed = False
+        self._closing = False
+        self._broken: BaseException | None = None
+        self.writer_done = trio.Event()
+        self.before_flush: Callable[[], None] | None = None
+
+    # -- sending ---------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes waiting to be written."""
+        return len(self._encoder)
+
+    @property
+    def is_broken(self) -> bool:
+        return self._broken is not None or self._closed or self._closing
+
+    def check_usable(self) -> None:
+        """Raise if frames can no longer be sent on this connection."""
+        if self._broken is not None:
+            raise trio.BrokenResourceError("the connection is broken") from self._broken
+        if self._closed or self._closing:
+            raise trio.ClosedResourceError("the connection was closed")
+
+    def send(self, op: int, request_id: int, payload: bytes = b"", flags: int = 0) -> None:
+        """Queue one frame for the writer (never blocks)."""
+        self.check_usable()
+        self._encoder.write(int(op), request_id, payload, flags)
+        self.wake_writer()
+
+    def wake_writer(self) -> None:
+        """Make the writer run soon (also used by ``before_flush`` users)."""
+        self._has_data.set()
+        if len(self._encoder) >= self._high_water and self._drained.is_set():
+            self._drained = trio.Event()
+
+    def over_high_water(self) -> bool:
+        return len(self._encoder) >= self._high_water
+
+    async def wait_writable(self) -> None:
+        """Wait while the outgoing buffer is over its high-water mark."""
+        while self.over_high_water():
+            self.check_usable()
+            await self._drained.wait()
+        await trio.lowlevel.checkpoint()
+
+    async def run_writer(self) -> None:
+        """Send buffered frames, coalescing everything queued, until closing.
+
+        After ``start_closing`` it writes what is left, half-closes the stream
+        (so the peer reads a clean end of stream) and returns.
+        """
+        try:
+            while True:
+                await self._has_data.wait()
+                self._has_data = trio.Event()
+                if self.before_flush is not None:
+                    self.before_flush()
+                    self._has_data = trio.Event()
+                data = self._encoder.take()
+                if not self._drained.is_set():
+                    self._drained.set()
+                if data:
+                    await self.stream.send_all(data)
+                if self._closing and not len(self._encoder):
+                    send_eof = getattr(self.stream, "send_eof", None)
+                    if send_eof is not None:
+                        await send_eof()
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._mark_broken(exc)
+        finally:
+            self.writer_done.set()
+
+    def start_closing(self) -> None:
+        """Refuse new frames; the writer sends what is buffered, then ends."""
+        if not self._closing:
+            self._closing = True
+            self._has_data.set()
+
+    # -- receiving -------------------------------------------------------------
+
+    async def run_reader(self, on_frame: Callable[[Any], None]) -> None:
+        """Feed received frames to ``on_frame`` until the peer closes.
+
+        Returns at a clean end of stream; raises ``ProtocolError`` for garbage or
+        a stream cut mid-frame, ``trio.BrokenResourceError`` for a broken socket.
+        """
+        decoder = self._decoder
+        try:
+            while True:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    if not decoder.at_boundary():
+                        raise ProtocolError("the peer closed the connection mid-frame")
+                    self._mark_broken(trio.EndOfChannel("the peer closed the connection"))
+                    return
+                decoder.feed(data)
+                for frame in decoder:
+                    on_frame(frame)
+        except BaseException as exc:
+            self._mark_broken(exc)
+            raise
+
+    async def _receive_handshake_frame(self) -> Any:
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+            data = await self.stream.receive_some(HANDSHAKE_MAX_FRAME)
+            if not data:
+                raise AuthenticationError("the peer closed the connection during the handshake")
+            self._decoder.feed(data)
+
+    def _start_messages(self) -> None:
+        if not self._decoder.at_boundary():
+            raise AuthenticationError("the peer sent data before the handshake finished")
+        self._decoder = core.FrameDecoder(self._max_frame_size)
+
+    # -- handshake -------------------------------------------------------------
+
+    async def server_handshake(self, token: str | bytes, client_id: int) -> str:
+        """Authenticate the client; returns its display name.
+
+        On failure the client is told why (an ``ERROR`` frame) and
+        ``AuthenticationError`` is raised.
+        """
+        handshake = ServerHandshake(token, client_id)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await self.stream.send_all(handshake.hello())
+                reply = handshake.receive(await self._receive_handshake_frame())
+                self._start_messages()
+                await self.stream.send_all(reply)
+        except trio.TooSlowError:
+            raise AuthenticationError("the client did not finish the handshake in time") from None
+        except AuthenticationError as exc:
+            await self._refuse(str(exc))
+            raise
+        except ProtocolError as exc:
+            await self._refuse("malformed handshake")
+            raise AuthenticationError(f"malformed handshake: {exc}") from None
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise AuthenticationError(f"connection lost during the handshake: {exc}") from None
+        return handshake.peer_name
+
+    async def client_handshake(self, token: str | bytes, name: str) -> int:
+        """Authenticate to the scheduler; returns the client id it assigned."""
+        handshake = ClientHandshake(token, name)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                answer = handshake.receive_hello(await self._receive_handshake_frame())
+                await self.stream.send_all(answer)
+                client_id = handshake.receive_welcome(await self._receive_handshake_frame())
+                self._start_messages()
+        except trio.TooSlowError:
+            raise AuthenticationError("the scheduler did not finish the handshake in time") from None
+        except ProtocolError as exc:
+            raise AuthenticationError(f"malformed handshake from the scheduler: {exc}") from None
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise AuthenticationError(f"connection lost during the handshake: {exc}") from None
+        return client_id
+
+    async def _refuse(self, reason: str) -> None:
+        frame = core.encode_frame(int(Op.ERROR), 0, encode_message(ErrorReply("auth", reason)))
+        with trio.move_on_after(1):
+            try:
+                await self.stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    # -- closing ---------------------------------------------------------------
+
+    def _mark_broken(self, exc: BaseException) -> None:
+        if self._broken is None:
+            self._broken = exc
+        self._drained.set()
+
+    async def aclose(self) -> None:
+        """Close the stream; later ``send`` calls raise ``ClosedResourceError``."""
+        self._closed = True
+        self._drained.set()
+        await self.stream.aclose()
+
