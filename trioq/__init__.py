@@ -1,34 +1,94 @@
 """trioq: a distributed queue and task library for trio.
 
 The public namespace is assembled here from private modules, one concept
-each.  ``core_impl()`` says whether the compiled Cython core or its
-pure-Python twin is in use.
+each, with ``__module__`` rewritten so users see ``trioq.X``.  Client-side
+names load lazily on first access: the scheduler process imports this
+package too, and must never import a pickler (see ``_serialize``).
+``core_impl()`` says whether the compiled Cython core or its pure-Python
+twin is in use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._exceptions import (
+    AuthenticationError,
     LocalProtocolError,
     ProtocolError,
+    RemoteError,
     RemoteProtocolError,
     SerializationError,
     TrioqError,
 )
 from ._impl import core_impl
 
+if TYPE_CHECKING:
+    from ._client import Client, connect
+    from ._cluster import Cluster, open_cluster
+    from ._queue import Queue, QueueReceiveChannel, QueueSendChannel
+    from ._scheduler import Scheduler
+    from ._variable import Variable
+
 __version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "connect": "._client",
+    "Client": "._client",
+    "open_cluster": "._cluster",
+    "Cluster": "._cluster",
+    "Queue": "._queue",
+    "QueueSendChannel": "._queue",
+    "QueueReceiveChannel": "._queue",
+    "Scheduler": "._scheduler",
+    "Variable": "._variable",
+}
 
 __all__ = [
     "core_impl",
+    "connect",
+    "Client",
+    "open_cluster",
+    "Cluster",
+    "Scheduler",
+    "Queue",
+    "QueueSendChannel",
+    "QueueReceiveChannel",
+    "Variable",
     "TrioqError",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",
     "SerializationError",
+    "AuthenticationError",
+    "RemoteError",
 ]
 
+
+def _publish(obj: Any) -> Any:
+    if getattr(obj, "__module__", "").startswith("trioq."):
+        try:
+            obj.__module__ = "trioq"
+        except (AttributeError, TypeError):
+            pass
+    return obj
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trioq' has no attribute {name!r}")
+    value = _publish(getattr(importlib.import_module(module, __name__), name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("trioq."):
-        _obj.__module__ = "trioq"
-del _name, _obj
+    if _name not in _LAZY:
+        _publish(globals()[_name])
+del _name

@@ -1,44 +1,149 @@
 """Command line: ``python -m trioq COMMAND``.
 
-Commands that exist so far: ``demo``.  The scheduler, worker, cluster and
-status commands join as their layers land.
+``scheduler`` serves named state over TCP; ``status`` shows what a
+scheduler holds; ``demo`` runs trioq's workloads end to end.  Worker and
+cluster commands join with the tasks layer.  Each command imports only
+what it needs: the scheduler's process never imports a pickler.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
 __all__ = ["main"]
 
 
+def _add_token_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token-file",
+        help="file holding the shared token (default: the TRIOQ_TOKEN environment variable)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trioq", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    scheduler = commands.add_parser("scheduler", help="run a scheduler")
+    scheduler.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    scheduler.add_argument("--port", type=int, default=8786, help="port (8786; 0: any free)")
+    _add_token_options(scheduler)
+
+    status = commands.add_parser("status", help="show a scheduler's queues, variables, clients")
+    status.add_argument("address", help="tcp://host:port")
+    _add_token_options(status)
+
     demo = commands.add_parser("demo", help="run trioq's workloads end to end and check them")
     demo.add_argument("--quick", action="store_true", help="a smaller run (seconds)")
     return parser
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    from ._auth import TOKEN_ENV, read_token_file
+
+    if args.token_file:
+        return read_token_file(args.token_file)
+    return os.environ.get(TOKEN_ENV) or None
+
+
+async def _until_signalled(run: Any) -> None:
+    """Run ``run(task_status)`` until SIGINT or SIGTERM, then cancel it cleanly."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(run)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
+    from ._scheduler import Scheduler
+
+    scheduler = Scheduler(args.host, args.port, token=token)
+
+    async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(scheduler.serve)
+            print(f"trioq scheduler listening on {address}", flush=True)
+            if token is None:
+                print(f"token: {scheduler.token}", flush=True)
+            task_status.started()
+
+    await _until_signalled(run)
+    print("trioq scheduler stopped", flush=True)
+
+
+def _format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "  (none)"
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  " + "  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
+    lines += [
+        "  " + "  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip() for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The ``status`` command's readable tables."""
+    queue_columns = ["name", "size", "maxsize", "leased", "getters", "putters"]
+    queue_columns += ["senders", "receivers", "closed"]
+    return "\n".join(
+        [
+            "queues:",
+            _format_table(report["queues"], queue_columns),
+            "variables:",
+            "  " + (", ".join(report["variables"]) or "(none)"),
+            "clients:",
+            _format_table(report["clients"], ["id", "name", "address", "leases"]),
+        ]
+    )
+
+
+async def _show_status(address: str, token: str | None) -> None:
+    from ._client import connect
+
+    async with connect(address, token=token, name="trioq status") as client:
+        print(format_status(await client.status()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from ._demo import DemoFailure, run_demo
+    try:
+        if args.command == "scheduler":
+            trio.run(_serve_scheduler, args, _token(args))
+        elif args.command == "status":
+            trio.run(_show_status, args.address, _token(args))
+        else:
+            from ._demo import DemoFailure, run_demo
 
-        try:
-            trio.run(run_demo, args.quick)
-        except DemoFailure as exc:
-            print(f"demo FAILED: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        return 0
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse prevents this
+            try:
+                trio.run(run_demo, args.quick)
+            except DemoFailure as exc:
+                print(f"demo FAILED: {exc}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        print(f"trioq {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from ._exceptions import TrioqError
+
+        if isinstance(exc, TrioqError):
+            print(f"trioq {args.command}: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0
 
 
 if __name__ == "__main__":

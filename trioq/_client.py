@@ -31,11 +31,14 @@ from ._impl import core
 from ._messages import (
     Ack,
     Cancel,
+    CreditNotice,
+    ErrorNotice,
     ErrorReply,
     Message,
     Op,
     Status,
     StatusReport,
+    decode_notice,
     decode_reply,
     encode_message,
 )
@@ -59,6 +62,8 @@ _ERRORS: dict[str, type[BaseException]] = {
 }
 
 _LOCAL_TOKENS: dict[str, str] = {}
+ACK_BATCH = 32  # acknowledgements that are sent at once ...
+ACK_DELAY = 0.002  # ... or after this many seconds, whichever comes first
 
 
 def register_local_token(address: str, token: str) -> None:
@@ -78,10 +83,10 @@ def parse_address(address: str) -> tuple[str, int]:
 def _resolve_token(address: str, token: str | None) -> str:
     if token is not None:
         return token
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV]
     if address in _LOCAL_TOKENS:
         return _LOCAL_TOKENS[address]
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
     raise ValueError(
         f"no token for {address}: pass token=..., or set the {TOKEN_ENV} environment variable"
     )
@@ -113,6 +118,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._next_request = 1
         self._acks: list[int] = []
+        self._ack_armed = trio.Event()
         self._broken: BaseException | None = None
         self._closed = False
         self._done = trio.Event()  # set when run() has ended
@@ -179,6 +185,12 @@ class Client:
         pending.late = late
         self._pending[request_id] = pending
         return request_id
+
+    def send_oneway(self, message: Message) -> None:
+        """Send ``message`` with request id 0: no answer; failures come as notices."""
+        self.check_usable()
+        self._flush_acks()
+        self._connection.send(message.OP, 0, encode_message(message))
 
     async def request(
         self,
@@ -248,10 +260,27 @@ class Client:
         return cls(reply.message) if cls is not None else RemoteError(reply.kind, reply.message)
 
     def ack(self, leases: list[int]) -> None:
-        """Record consumed leases; they are written before any later request."""
+        """Record consumed leases.
+
+        They leave with the next request, or when ``ACK_BATCH`` have gathered,
+        or ``ACK_DELAY`` seconds later: consuming from a prefetched batch then
+        costs no write of its own.
+        """
         self._acks.extend(leases)
-        if not self._connection.is_broken:
-            self._connection.wake_writer()
+        if self._connection.is_broken:
+            return
+        if len(self._acks) >= ACK_BATCH:
+            self._flush_acks()
+        else:
+            self._ack_armed.set()
+
+    async def _ack_timer(self) -> None:
+        while True:
+            await self._ack_armed.wait()
+            await trio.sleep(ACK_DELAY)
+            self._ack_armed = trio.Event()
+            if not self._connection.is_broken:
+                self._flush_acks()
 
     def _flush_acks(self) -> None:
         if self._acks and not self._connection.is_broken:
@@ -262,7 +291,8 @@ class Client:
 
     def _on_frame(self, frame: Any) -> None:
         if frame.op != Op.REPLY and frame.op != Op.ERROR:
-            raise RemoteProtocolError(f"unexpected op code {frame.op} from the scheduler")
+            self._on_notice(decode_notice(frame.op, frame.payload))
+            return
         pending = self._pending.pop(frame.request_id, None)
         if pending is None:
             if frame.op == Op.ERROR and frame.request_id == 0:
@@ -276,11 +306,25 @@ class Client:
         else:
             pending.event.set()
 
+    def _on_notice(self, notice: Message) -> None:
+        if isinstance(notice, CreditNotice):
+            link = self._queue_links.get(notice.queue)
+            if link is not None:
+                link.add_credit(notice.credit)
+        elif isinstance(notice, ErrorNotice):
+            link = self._queue_links.get(notice.queue)
+            if link is not None:
+                cls = _ERRORS.get(notice.kind)
+                link.error = (
+                    cls(notice.message) if cls is not None else RemoteError(notice.kind, notice.message)
+                )
+
     async def run(self) -> None:
         """Reader and writer; ends when the connection does."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._connection.run_writer)
+                nursery.start_soon(self._ack_timer)
                 await self._connection.run_reader(self._on_frame)
                 if not self._closed:
                     self._broken = trio.EndOfChannel("the scheduler closed the connection")
@@ -311,8 +355,8 @@ async def connect(
 ) -> AsyncIterator[Client]:
     """Connect and authenticate to the scheduler at ``address``.
 
-    The token comes from ``token``, else the ``TRIOQ_TOKEN`` environment
-    variable, else a cluster this process opened.  Raises
+    The token comes from ``token``, else from a cluster this process opened
+    at that address, else from the ``TRIOQ_TOKEN`` environment variable.  Raises
     ``AuthenticationError`` if the scheduler refuses it, ``OSError`` if it
     cannot be reached.  Leaving the block closes the connection.
     """

@@ -685,6 +685,7 @@ cdef class PriorityScheduler:
             ) from None
         if key in self._tasks:
             raise ValueError(f"task {key!r} already exists")
+        hash(series)  # an unhashable series fails here, before any state changes
         cdef _Task task = _Task.__new__(_Task)
         task.key = key
         task.priority = prio

@@ -280,7 +280,7 @@ class FrameDecoder:
         if self._pos and self._pos * 2 >= len(self._buffer):
             del self._buffer[: self._pos]
             self._pos = 0
-        self._buffer += data
+        self._buffer += data if type(data) is bytes else bytes(data)
 
     def next_frame(self) -> Frame | None:
         """Return the next whole frame, or ``None`` if more bytes are needed."""
@@ -513,6 +513,7 @@ class PriorityScheduler:
             )
         if key in self._tasks:
             raise ValueError(f"task {key!r} already exists")
+        hash(series)  # an unhashable series fails here, before any state changes
         task = _Task(key, -priority, self._seq, series)
         self._seq += 1
         self._tasks[key] = task

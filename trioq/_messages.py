@@ -3,7 +3,9 @@
 Rules:
 
 * Every frame's op code is an ``Op``.  A request carries a fresh request id;
-  its answer (``REPLY`` or ``ERROR``) carries the same id.  Handshake frames
+  its answer (``REPLY`` or ``ERROR``) carries the same id.  Request id 0
+  means "one-way": no answer is sent; if it fails on a queue, the scheduler
+  says so with an unsolicited ``QUEUE_ERROR`` notice naming the queue.  Handshake frames
   (``HELLO``, ``AUTH``, ``WELCOME``) have their own fixed shapes in
   ``_auth``.
 * Each request and reply is one small frozen class whose fields are
@@ -39,6 +41,9 @@ __all__ = [
     "Cancel",
     "Ack",
     "Ok",
+    "CreditNotice",
+    "ErrorNotice",
+    "decode_notice",
     "QueueOpen",
     "QueueInfo",
     "QueuePut",
@@ -72,6 +77,8 @@ class Op(enum.IntEnum):
     ERROR = 9
     CANCEL = 10
     ACK = 11
+    CREDIT = 12  # scheduler to client, unsolicited: more put credit for a queue
+    QUEUE_ERROR = 13  # scheduler to client, unsolicited: a one-way request failed
     # queues
     QUEUE_OPEN = 20
     QUEUE_PUT = 21
@@ -245,6 +252,36 @@ class Ack(Message):
 @_message
 class Ok(Message):
     """A reply with nothing to say."""
+
+
+@_message
+class CreditNotice(Message):
+    """Unsolicited: this connection may put ``credit`` more items on ``queue``."""
+
+    OP = Op.CREDIT
+    queue: str
+    credit: int
+
+
+@_message
+class ErrorNotice(Message):
+    """Unsolicited: a one-way request (request id 0) on ``queue`` failed."""
+
+    OP = Op.QUEUE_ERROR
+    queue: str
+    kind: str
+    message: str
+
+
+_NOTICES: dict[int, type[Message]] = {Op.CREDIT: CreditNotice, Op.QUEUE_ERROR: ErrorNotice}
+
+
+def decode_notice(op: int, payload: bytes) -> Message:
+    """Decode an unsolicited scheduler-to-client frame."""
+    cls = _NOTICES.get(op)
+    if cls is None:
+        raise RemoteProtocolError(f"unexpected op code {op} from the scheduler")
+    return _decode(cls, payload)
 
 
 # -- queues ---------------------------------------------------------------------

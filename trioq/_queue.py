@@ -143,13 +143,13 @@ class Queue:
         await trio.lowlevel.checkpoint_if_cancelled()
         connection = self._client._connection
         if link.credit == UNLIMITED or link.credit >= len(data):
-            if wait:
-                await connection.wait_writable()  # back pressure before committing
-            elif connection.over_high_water():
-                raise trio.WouldBlock("the connection's send buffer is full")
+            if connection.over_high_water():  # back pressure before committing
+                if not wait:
+                    raise trio.WouldBlock("the connection's send buffer is full")
+                await connection.wait_writable()
             if link.credit != UNLIMITED:
                 link.credit -= len(data)
-            self._client.send_request(QueuePut(link.name, data, True, True), late=self._on_put)
+            self._client.send_oneway(QueuePut(link.name, data, True, True))
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         reply = await self._client.request(
@@ -238,25 +238,6 @@ class Queue:
         self._link.maxsize = info.maxsize
         self._link.add_credit(info.credit)
 
-    def _on_put(self, pending: _Pending) -> None:
-        if pending.op == 0:
-            return
-        try:
-            done = self._client._result(pending, PutDone)
-        except Exception as exc:
-            self._link.error = exc
-            return
-        self._link.add_credit(done.credit)
-
-    def _record_error(self, pending: _Pending) -> None:
-        """An answer nobody waits for: keep an error for this queue's next call."""
-        if pending.op == 0:
-            return
-        try:
-            self._client._result(pending, Ok)
-        except Exception as exc:
-            self._link.error = exc
-
     def _on_late_items(self, pending: _Pending) -> None:
         """A cancelled get's answer arrived anyway: keep its items for the next get."""
         if pending.op == 0:
@@ -279,7 +260,7 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self._closed = False
-        queue._client.send_request(EndpointOpen(queue.name, "send"), late=queue._record_error)
+        queue._client.send_oneway(EndpointOpen(queue.name, "send"))
 
     async def send(self, value: Any) -> None:
         if self._closed:
@@ -308,7 +289,7 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self._closed = False
-        queue._client.send_request(EndpointOpen(queue.name, "receive"), late=queue._record_error)
+        queue._client.send_oneway(EndpointOpen(queue.name, "receive"))
 
     async def receive(self) -> Any:
         if self._closed:
@@ -331,4 +312,4 @@ def _close_endpoint(queue: Queue, kind: str) -> None:
     client = queue._client
     if client._closed or client._broken is not None:
         return  # the scheduler counts a vanished client's endpoints as closed
-    client.send_request(EndpointClose(queue.name, kind), late=queue._record_error)
+    client.send_oneway(EndpointClose(queue.name, kind))

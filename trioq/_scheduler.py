@@ -28,7 +28,7 @@ from ._auth import generate_token
 from ._exceptions import AuthenticationError, ProtocolError, RemoteProtocolError
 from ._impl import core
 from ._messages import ErrorReply, Op, decode_request, encode_message
-from ._state import Fail, Reply, SchedulerState
+from ._state import Fail, Notice, Reply, SchedulerState
 from ._transport import FramedConnection
 
 __all__ = ["Scheduler", "is_loopback"]
@@ -139,19 +139,24 @@ class Scheduler:
             raise
         self._execute(self.state.handle(conn_id, frame.request_id, message))
 
-    def _execute(self, out: list[Reply | Fail]) -> None:
+    def _execute(self, out: list[Reply | Fail | Notice]) -> None:
         for instruction in out:
             self._send(instruction)
 
-    def _send(self, instruction: Reply | Fail) -> None:
+    def _send(self, instruction: Reply | Fail | Notice) -> None:
         connection = self._connections.get(instruction.conn)
         if connection is None or connection.is_broken:
             return  # its disconnect returns whatever was leased to it
+        request_id = 0
         if isinstance(instruction, Reply):
             op, payload = Op.REPLY, encode_message(instruction.message)
-        else:
+            request_id = instruction.request_id
+        elif isinstance(instruction, Fail):
             op, payload = Op.ERROR, encode_message(ErrorReply(instruction.kind, instruction.text))
+            request_id = instruction.request_id
+        else:
+            op, payload = instruction.message.OP, encode_message(instruction.message)
         try:
-            connection.send(op, instruction.request_id, payload)
+            connection.send(op, request_id, payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -33,6 +33,8 @@ from ._messages import (
     Ack,
     Cancel,
     Count,
+    CreditNotice,
+    ErrorNotice,
     EndpointClose,
     EndpointOpen,
     Items,
@@ -54,7 +56,7 @@ from ._messages import (
     VariableSet,
 )
 
-__all__ = ["Reply", "Fail", "SchedulerState", "CREDIT_WINDOW", "UNLIMITED"]
+__all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW", "UNLIMITED"]
 
 CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
 UNLIMITED = -1  # credit value meaning "unbounded queue: no credit needed"
@@ -79,7 +81,15 @@ class Fail:
     text: str
 
 
-Out = list[Reply | Fail]
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Send ``message`` unsolicited (its own op code) on ``conn``."""
+
+    conn: int
+    message: Message
+
+
+Out = list[Reply | Fail | Notice]
 
 
 class StateError(Exception):
@@ -170,8 +180,14 @@ class SchedulerState:
             if handler is None:
                 raise StateError("ProtocolError", f"{type(message).__name__} is not a request")
             handler(self, conn, request_id, message, out)
+            if not request_id:  # one-way: the sender wants no answer
+                out = [o for o in out if not (isinstance(o, Reply) and o.request_id == 0)]
         except StateError as exc:
-            out.append(Fail(conn, request_id, exc.kind, str(exc)))
+            if request_id:
+                out.append(Fail(conn, request_id, exc.kind, str(exc)))
+            elif isinstance(getattr(message, "queue", None), str):  # one-way: say it aside
+                notice = ErrorNotice(message.queue, exc.kind, str(exc))  # type: ignore[attr-defined]
+                out.append(Notice(conn, notice))
         return out
 
     def _queue(self, name: str) -> _Queue:
@@ -226,7 +242,12 @@ class SchedulerState:
                 self._conns[conn].parked[rid] = ("put", msg.queue)
                 return
         queue.items.extend(msg.items)
-        out.append(Reply(conn, rid, PutDone(self._grant(queue, conn))))
+        if rid:
+            out.append(Reply(conn, rid, PutDone(self._grant(queue, conn))))
+        elif queue.maxsize and queue.reserved.get(conn, 0) <= self._window(queue) // 2:
+            grant = self._grant(queue, conn)  # top up before the producer runs dry
+            if grant:
+                out.append(Notice(conn, CreditNotice(queue.name, grant)))
         self._feed_getters(queue, out)
 
     def _on_queue_get(self, conn: int, rid: int, msg: QueueGet, out: Out) -> None:
@@ -361,7 +382,7 @@ class SchedulerState:
             return UNLIMITED
         if queue.putters:
             return 0
-        window = max(1, min(CREDIT_WINDOW, queue.maxsize // 4))
+        window = self._window(queue)
         held = queue.reserved.get(conn, 0)
         grant = min(window - held, queue.room())
         if grant <= 0:
@@ -369,6 +390,10 @@ class SchedulerState:
         queue.reserved[conn] = held + grant
         queue.reserved_total += grant
         return grant
+
+    @staticmethod
+    def _window(queue: _Queue) -> int:
+        return max(1, min(CREDIT_WINDOW, queue.maxsize // 4))
 
     def _deliver(self, queue: _Queue, conn: int, rid: int, max_items: int, out: Out) -> None:
         state = self._conns[conn]

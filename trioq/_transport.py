@@ -31,6 +31,9 @@ __all__ = ["FramedConnection", "HIGH_WATER"]
 
 HIGH_WATER = 4 * 1024 * 1024  # bytes buffered before producers are made to wait
 _RECEIVE_SIZE = 256 * 1024
+_COALESCE_ROUNDS = 64  # scheduling rounds the writer may wait for more frames
+_COALESCE_BYTES = 256 * 1024  # ... unless this much is already buffered
+_IDLE_ROUNDS = 2  # rounds without a new frame that end the wait
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -107,6 +110,7 @@ class FramedConnection:
         try:
             while True:
                 await self._has_data.wait()
+                await self._gather_more()
                 self._has_data = trio.Event()
                 if self.before_flush is not None:
                     self.before_flush()
@@ -125,6 +129,27 @@ class FramedConnection:
             self._mark_broken(exc)
         finally:
             self.writer_done.set()
+
+    async def _gather_more(self) -> None:
+        """Yield while other tasks keep adding frames, so they leave in one write.
+
+        A lone request costs one extra scheduling round; a burst of small
+        ones becomes one ``send_all`` instead of one system call per frame.
+        """
+        size = len(self._encoder)
+        idle = 0
+        for _ in range(_COALESCE_ROUNDS):
+            if size >= _COALESCE_BYTES or self._closing:
+                return
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            grown = len(self._encoder)
+            if grown == size:
+                idle += 1
+                if idle == _IDLE_ROUNDS:
+                    return
+            else:
+                idle = 0
+            size = grown
 
     def start_closing(self) -> None:
         """Refuse new frames; the writer sends what is buffered, then ends."""
