@@ -10,6 +10,7 @@ twin is in use.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -68,10 +69,8 @@ __all__ = [
 
 def _publish(obj: Any) -> Any:
     if getattr(obj, "__module__", "").startswith("trioq."):
-        try:
+        with contextlib.suppress(AttributeError, TypeError):
             obj.__module__ = "trioq"
-        except (AttributeError, TypeError):
-            pass
     return obj
 
 

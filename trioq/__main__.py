@@ -85,9 +85,7 @@ def _format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         return "  (none)"
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     lines = ["  " + "  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
-    lines += [
-        "  " + "  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip() for r in rows
-    ]
+    lines += ["  " + "  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip() for r in rows]
     return "\n".join(lines)
 
 

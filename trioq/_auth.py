@@ -69,7 +69,8 @@ def _proof(token: bytes, role: bytes, server_nonce: bytes, client_nonce: bytes) 
 
 
 def _frame(op: Op, payload: bytes) -> bytes:
-    return core.encode_frame(int(op), 0, payload)
+    frame: bytes = core.encode_frame(int(op), 0, payload)
+    return frame
 
 
 def _expect(frame: Any, op: Op, what: str) -> bytes:

@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -64,6 +65,7 @@ _ERRORS: dict[str, type[BaseException]] = {
 _LOCAL_TOKENS: dict[str, str] = {}
 ACK_BATCH = 32  # acknowledgements that are sent at once ...
 ACK_DELAY = 0.002  # ... or after this many seconds, whichever comes first
+CLOSE_TIMEOUT = 5.0  # seconds a closing client waits for the scheduler to finish
 
 
 def register_local_token(address: str, token: str) -> None:
@@ -122,7 +124,7 @@ class Client:
         self._broken: BaseException | None = None
         self._closed = False
         self._done = trio.Event()  # set when run() has ended
-        self.serializer = full_serializer()
+        self._serializer = full_serializer()
         self._queue_links: dict[str, Any] = {}
         connection.before_flush = self._flush_acks
 
@@ -142,14 +144,15 @@ class Client:
 
     async def status(self) -> dict[str, Any]:
         """The scheduler's queues, variables and clients, as plain data."""
-        reply = await self.request(Status(), StatusReport)
+        reply = await self._request(Status(), StatusReport)
         return reply.report
 
-    async def aclose(self, *, timeout: float = 5.0) -> None:
+    async def aclose(self) -> None:
         """Send what is buffered (acknowledgements included) and close.
 
-        Waits up to ``timeout`` seconds for the scheduler to finish with this
-        connection, so everything sent before is applied; idempotent.
+        Waits (up to ``CLOSE_TIMEOUT`` seconds, even if cancelled) for the
+        scheduler to finish with this connection, so everything sent before
+        is applied; idempotent.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -158,13 +161,13 @@ class Client:
         self._closed = True
         self._connection.start_closing()
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(timeout):
+            with trio.move_on_after(CLOSE_TIMEOUT):
                 await self._done.wait()
             await self._connection.aclose()
 
     # -- requests ------------------------------------------------------------------
 
-    def check_usable(self) -> None:
+    def _check_usable(self) -> None:
         if self._broken is not None:
             raise trio.BrokenResourceError("the connection to the scheduler is broken") from (
                 self._broken
@@ -172,9 +175,11 @@ class Client:
         if self._closed:
             raise trio.ClosedResourceError("this client was closed")
 
-    def send_request(self, message: Message, late: Callable[[_Pending], None] | None = None) -> int:
+    def _send_request(
+        self, message: Message, late: Callable[[_Pending], None] | None = None
+    ) -> int:
         """Send ``message`` without waiting; ``late`` (if given) gets its answer."""
-        self.check_usable()
+        self._check_usable()
         self._flush_acks()
         request_id = self._next_request
         while request_id in self._pending or request_id == 0:
@@ -186,13 +191,13 @@ class Client:
         self._pending[request_id] = pending
         return request_id
 
-    def send_oneway(self, message: Message) -> None:
+    def _send_oneway(self, message: Message) -> None:
         """Send ``message`` with request id 0: no answer; failures come as notices."""
-        self.check_usable()
+        self._check_usable()
         self._flush_acks()
         self._connection.send(message.OP, 0, encode_message(message))
 
-    async def request(
+    async def _request(
         self,
         message: Message,
         reply_type: type[M],
@@ -209,7 +214,7 @@ class Client:
         already been carried out, so the caller always knows what happened.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        request_id = self.send_request(message)
+        request_id = self._send_request(message)
         pending = self._pending[request_id]
         try:
             await pending.event.wait()
@@ -239,17 +244,16 @@ class Client:
         return decode_reply(ErrorReply, pending.payload).kind == "Cancelled"
 
     def _withdraw(self, request_id: int) -> None:
-        try:
+        # If the connection is gone, the reader fails every pending request anyway.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             self._connection.send(Op.CANCEL, 0, encode_message(Cancel(request_id)))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the reader fails every pending request
 
     def _result(self, pending: _Pending, reply_type: type[M]) -> M:
         if pending.op != Op.REPLY:
-            raise self.error_of(pending)
+            raise self._error_of(pending)
         return decode_reply(reply_type, pending.payload)
 
-    def error_of(self, pending: _Pending) -> BaseException:
+    def _error_of(self, pending: _Pending) -> BaseException:
         """The exception an ``ERROR`` answer stands for."""
         if self._broken is not None and pending.op == 0:
             error = trio.BrokenResourceError("the connection to the scheduler is broken")
@@ -259,7 +263,7 @@ class Client:
         cls = _ERRORS.get(reply.kind)
         return cls(reply.message) if cls is not None else RemoteError(reply.kind, reply.message)
 
-    def ack(self, leases: list[int]) -> None:
+    def _ack(self, leases: list[int]) -> None:
         """Record consumed leases.
 
         They leave with the next request, or when ``ACK_BATCH`` have gathered,
@@ -310,28 +314,36 @@ class Client:
         if isinstance(notice, CreditNotice):
             link = self._queue_links.get(notice.queue)
             if link is not None:
-                link.add_credit(notice.credit)
+                link.on_credit(notice.credit, notice.reset)
         elif isinstance(notice, ErrorNotice):
             link = self._queue_links.get(notice.queue)
             if link is not None:
                 cls = _ERRORS.get(notice.kind)
                 link.error = (
-                    cls(notice.message) if cls is not None else RemoteError(notice.kind, notice.message)
+                    cls(notice.message)
+                    if cls is not None
+                    else RemoteError(notice.kind, notice.message)
                 )
 
-    async def run(self) -> None:
+    async def _run(self) -> None:
         """Reader and writer; ends when the connection does."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._connection.run_writer)
                 nursery.start_soon(self._ack_timer)
-                await self._connection.run_reader(self._on_frame)
-                if not self._closed:
-                    self._broken = trio.EndOfChannel("the scheduler closed the connection")
-                nursery.cancel_scope.cancel()
-        except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
-                OSError) as exc:
-            self._broken = exc
+                try:
+                    await self._connection.run_reader(self._on_frame)
+                    if not self._closed:
+                        self._broken = trio.EndOfChannel("the scheduler closed the connection")
+                except (
+                    RemoteProtocolError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    OSError,
+                ) as exc:
+                    self._broken = exc
+                finally:
+                    nursery.cancel_scope.cancel()
         finally:
             self._done.set()
             if self._broken is None:
@@ -373,7 +385,7 @@ async def connect(
         raise
     client = Client(connection, client_id, address)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(client.run)
+        nursery.start_soon(client._run)
         try:
             yield client
         finally:

@@ -23,7 +23,10 @@ class Frame:
     @property
     def flags(self) -> int: ...
     def __init__(
-        self, op: int, request_id: int = 0, payload: bytes | bytearray | memoryview = b"",
+        self,
+        op: int,
+        request_id: int = 0,
+        payload: bytes | bytearray | memoryview = b"",
         flags: int = 0,
     ) -> None: ...
     def __eq__(self, other: object) -> bool: ...
@@ -44,7 +47,10 @@ class FrameEncoder:
     @property
     def frames_buffered(self) -> int: ...
     def write(
-        self, op: int, request_id: int, payload: bytes | bytearray | memoryview = b"",
+        self,
+        op: int,
+        request_id: int,
+        payload: bytes | bytearray | memoryview = b"",
         flags: int = 0,
     ) -> None: ...
     def write_frame(self, frame: Frame) -> None: ...

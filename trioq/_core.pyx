@@ -15,6 +15,12 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.string cimport memcpy, memmove
 
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    int PyList_SetSlice(object lst, Py_ssize_t low, Py_ssize_t high, PyObject* items) except -1
+    PyObject* PyDict_SetDefault(object d, object key, object default) except NULL
+
 from ._exceptions import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -417,9 +423,14 @@ cdef enum:
 
 
 cdef object _check_count(str name, object value, long minimum):
+    cdef long long v
     if type(value) is not int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum or value > MAX_COUNT:
+    try:
+        v = value
+    except OverflowError:
+        v = -1 if value < 0 else MAX_COUNT + 1  # out of range either way
+    if v < minimum or v > MAX_COUNT:
         raise ValueError(f"{name} must be in {minimum}..{MAX_COUNT}, got {value}")
     return value
 
@@ -683,17 +694,16 @@ cdef class PriorityScheduler:
             raise ValueError(
                 f"priority must be in {_MIN_PRIORITY}..{_MAX_PRIORITY}, got {priority}"
             ) from None
-        if key in self._tasks:
-            raise ValueError(f"task {key!r} already exists")
         hash(series)  # an unhashable series fails here, before any state changes
         cdef _Task task = _Task.__new__(_Task)
+        if <object>PyDict_SetDefault(self._tasks, key, task) is not task:
+            raise ValueError(f"task {key!r} already exists")
         task.key = key
         task.priority = prio
         task.seq = self._seq
         task.series = series
         task.worker = None
         self._seq += 1
-        self._tasks[key] = task
         self._enqueue(task)
 
     def cancel_task(self, key):
@@ -714,10 +724,13 @@ cdef class PriorityScheduler:
 
     def task_done(self, key):
         """An assigned task finished: free its slot and return its worker."""
-        cdef _Task task = self._get_task(key)
+        value = self._tasks.pop(key, None)  # one lookup on the hot path
+        if value is None:
+            raise KeyError(f"unknown task {key!r}")
+        cdef _Task task = <_Task>value
         if task.state != ASSIGNED:
+            self._tasks[key] = task
             raise ValueError(f"task {key!r} is not assigned to a worker")
-        del self._tasks[key]
         return self._release(task)
 
     def assignments(self):
@@ -758,7 +771,7 @@ cdef class PriorityScheduler:
     cdef void _compact_rotation(self):
         cdef Py_ssize_t head = self._rotation_head
         if head and head * 2 >= len(self._rotation):
-            del self._rotation[:head]
+            PyList_SetSlice(self._rotation, 0, head, NULL)
             self._rotation_head = 0
 
     # -- invariants -----------------------------------------------------------

@@ -109,9 +109,7 @@ class Frame:
 
     __slots__ = ("_op", "_request_id", "_payload", "_flags")
 
-    def __init__(
-        self, op: int, request_id: int = 0, payload: bytes = b"", flags: int = 0
-    ) -> None:
+    def __init__(self, op: int, request_id: int = 0, payload: bytes = b"", flags: int = 0) -> None:
         _check_uint("op", op, MAX_OP)
         _check_uint("request_id", request_id, MAX_REQUEST_ID)
         _check_uint("flags", flags, MAX_FLAGS)
@@ -169,9 +167,7 @@ def _encode_parts(
     data = _as_payload(payload)
     size = HEADER_SIZE + len(data)
     if size > max_frame_size:
-        raise LocalProtocolError(
-            f"frame of {size} bytes exceeds max_frame_size {max_frame_size}"
-        )
+        raise LocalProtocolError(f"frame of {size} bytes exceeds max_frame_size {max_frame_size}")
     return _HEADER.pack(size - LENGTH_PREFIX_SIZE, op, flags, request_id), data
 
 
@@ -294,14 +290,12 @@ class FrameDecoder:
         size = length + LENGTH_PREFIX_SIZE
         if size < HEADER_SIZE:
             self._error = RemoteProtocolError(
-                f"peer announced a frame of {size} bytes; "
-                f"a frame is at least {HEADER_SIZE} bytes"
+                f"peer announced a frame of {size} bytes; a frame is at least {HEADER_SIZE} bytes"
             )
             raise self._error
         if size > self._max_frame_size:
             self._error = RemoteProtocolError(
-                f"peer announced a frame of {size} bytes; "
-                f"max_frame_size is {self._max_frame_size}"
+                f"peer announced a frame of {size} bytes; max_frame_size is {self._max_frame_size}"
             )
             raise self._error
         if available < size:
@@ -362,7 +356,14 @@ class _Task:
 
 class _Worker:
     __slots__ = (
-        "ident", "slots", "series", "demand", "running", "in_rotation", "starved", "removed",
+        "ident",
+        "slots",
+        "series",
+        "demand",
+        "running",
+        "in_rotation",
+        "starved",
+        "removed",
     )
 
     def __init__(self, ident: Hashable, slots: int, series: set[Hashable]) -> None:
@@ -511,9 +512,9 @@ class PriorityScheduler:
             raise ValueError(
                 f"priority must be in {_MIN_PRIORITY}..{_MAX_PRIORITY}, got {priority}"
             )
+        hash(series)  # an unhashable series fails here, before any state changes
         if key in self._tasks:
             raise ValueError(f"task {key!r} already exists")
-        hash(series)  # an unhashable series fails here, before any state changes
         task = _Task(key, -priority, self._seq, series)
         self._seq += 1
         self._tasks[key] = task

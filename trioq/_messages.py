@@ -143,10 +143,10 @@ _REQUESTS: dict[int, type[Message]] = {}
 
 
 def _message(cls: type[M]) -> type[M]:
-    """Make ``cls`` a frozen dataclass and record its field checks."""
-    cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    """Record the field checks of a message dataclass."""
     cls._FIELDS = tuple(
-        (f.name, _CHECKS[str(f.type)]) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        (f.name, _CHECKS[str(f.type)])
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
     )
     return cls
 
@@ -201,6 +201,7 @@ def decode_reply(cls: type[M], payload: bytes) -> M:
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class ErrorReply(Message):
     """An ``ERROR`` answer: ``kind`` names the exception class (see ``_errors``)."""
 
@@ -209,6 +210,7 @@ class ErrorReply(Message):
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class Hello(Message):
     """Server to client, first frame: protocol version and the server's nonce."""
 
@@ -217,6 +219,7 @@ class Hello(Message):
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class Auth(Message):
     """Client to server: its nonce, proof of the token, and a display name."""
 
@@ -226,6 +229,7 @@ class Auth(Message):
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class Welcome(Message):
     """Server to client: proof that the server holds the token too; the client id."""
 
@@ -234,6 +238,7 @@ class Welcome(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class Cancel(Message):
     """Withdraw the parked request ``request_id`` (answered by that request)."""
 
@@ -242,6 +247,7 @@ class Cancel(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ack(Message):
     """The client handed these leased items to its user: forget them."""
 
@@ -250,20 +256,29 @@ class Ack(Message):
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ok(Message):
     """A reply with nothing to say."""
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class CreditNotice(Message):
-    """Unsolicited: this connection may put ``credit`` more items on ``queue``."""
+    """Unsolicited: adjust this connection's put credit on ``queue``.
+
+    ``credit`` is added (it is negative when credit is taken back); with
+    ``reset`` the credit becomes exactly ``credit`` and stops being unlimited
+    (the queue refuses puts now: ask, do not assume).
+    """
 
     OP = Op.CREDIT
     queue: str
     credit: int
+    reset: bool
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class ErrorNotice(Message):
     """Unsolicited: a one-way request (request id 0) on ``queue`` failed."""
 
@@ -288,6 +303,7 @@ def decode_notice(op: int, payload: bytes) -> Message:
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueueOpen(Message):
     """Create the queue if needed; ``maxsize`` 0 means unbounded."""
 
@@ -297,14 +313,19 @@ class QueueOpen(Message):
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueueInfo(Message):
-    """Reply to ``QueueOpen``: the queue's real maxsize and put credit granted."""
+    """Reply to ``QueueOpen``: the queue's real maxsize and put credit granted.
+
+    A queue with ``maxsize`` 0 is unbounded: puts to it never need credit.
+    """
 
     maxsize: int
-    credit: int  # -1: unbounded queue, puts never need credit
+    credit: int
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueuePut(Message):
     """Put ``items`` (all or none).
 
@@ -321,6 +342,7 @@ class QueuePut(Message):
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class PutDone(Message):
     """Reply to ``QueuePut``: the items are in the queue; more credit granted."""
 
@@ -328,6 +350,7 @@ class PutDone(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueueGet(Message):
     """Take 1..``max_items`` items; park until there is one if ``wait``."""
 
@@ -338,6 +361,7 @@ class QueueGet(Message):
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class Items(Message):
     """Reply to ``QueueGet``: items leased as ``first_lease``, ``first_lease + 1``, ..."""
 
@@ -346,6 +370,7 @@ class Items(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueueReturn(Message):
     """Give leased items back to the head of their queue, unconsumed."""
 
@@ -354,23 +379,27 @@ class QueueReturn(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueueSize(Message):
     OP = Op.QUEUE_SIZE
     queue: str
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class Count(Message):
     value: int
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class QueueDelete(Message):
     OP = Op.QUEUE_DELETE
     queue: str
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class EndpointOpen(Message):
     """One more channel endpoint (``kind`` "send" or "receive") on ``queue``."""
 
@@ -380,6 +409,7 @@ class EndpointOpen(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class EndpointClose(Message):
     OP = Op.ENDPOINT_CLOSE
     queue: str
@@ -390,6 +420,7 @@ class EndpointClose(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class VariableSet(Message):
     OP = Op.VARIABLE_SET
     name: str
@@ -397,6 +428,7 @@ class VariableSet(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class VariableGet(Message):
     """Read a variable; park until it is set if ``wait``."""
 
@@ -406,11 +438,13 @@ class VariableGet(Message):
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class Value(Message):
     value: bytes
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class VariableDelete(Message):
     OP = Op.VARIABLE_DELETE
     name: str
@@ -420,11 +454,13 @@ class VariableDelete(Message):
 
 
 @_request
+@dataclasses.dataclass(frozen=True, slots=True)
 class Status(Message):
     OP = Op.STATUS
 
 
 @_message
+@dataclasses.dataclass(frozen=True, slots=True)
 class StatusReport(Message):
     """Plain data about queues, variables and clients (see ``_state.status``)."""
 

@@ -46,7 +46,6 @@ from ._messages import (
     QueuePut,
     QueueSize,
 )
-from ._state import UNLIMITED
 
 if TYPE_CHECKING:
     from ._client import Client, _Pending
@@ -57,19 +56,29 @@ __all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel"]
 class _Link:
     """What one client knows about one queue; shared by all its handles."""
 
-    __slots__ = ("name", "maxsize", "credit", "buffer", "error")
+    __slots__ = ("name", "maxsize", "credit", "unlimited", "buffer", "error")
 
     def __init__(self, name: str, maxsize: int) -> None:
         self.name = name
         self.maxsize = maxsize
-        self.credit = 0  # put credit; UNLIMITED for an unbounded queue
+        self.credit = 0  # put credit granted by the scheduler (< 0: debt)
+        self.unlimited = False  # unbounded queue: puts need no credit
         self.buffer: deque[tuple[int, bytes]] = deque()  # leased, not yet handed out
         self.error: BaseException | None = None  # from a put nobody waited for
 
-    def add_credit(self, credit: int) -> None:
-        if credit == UNLIMITED:
-            self.credit = UNLIMITED
-        elif self.credit != UNLIMITED:
+    def can_put(self, n: int) -> bool:
+        return self.unlimited or self.credit >= n
+
+    def on_info(self, maxsize: int, credit: int) -> None:
+        self.maxsize = maxsize
+        self.unlimited = maxsize == 0
+        self.credit += credit
+
+    def on_credit(self, credit: int, reset: bool) -> None:
+        if reset:
+            self.credit = credit
+            self.unlimited = False
+        else:
             self.credit += credit
 
 
@@ -104,7 +113,7 @@ class Queue:
         if link is None:
             link = client._queue_links[name] = _Link(name, maxsize)
         self._link: _Link = link
-        client.send_request(QueueOpen(name, maxsize), late=self._on_opened)
+        client._send_request(QueueOpen(name, maxsize), late=self._on_opened)
 
     @property
     def name(self) -> str:
@@ -122,15 +131,15 @@ class Queue:
 
     async def put(self, item: Any) -> None:
         """Put one item, waiting for room if the queue is full."""
-        await self._put([self._client.serializer.dumps(item)], wait=True)
+        await self._put([self._client._serializer.dumps(item)], wait=True)
 
     async def put_nowait(self, item: Any) -> None:
         """Put one item or raise ``trio.WouldBlock`` if there is no room now."""
-        await self._put([self._client.serializer.dumps(item)], wait=False)
+        await self._put([self._client._serializer.dumps(item)], wait=False)
 
     async def put_batch(self, items: Iterable[Any]) -> None:
         """Put several items, all or none, in order (waits for room for all)."""
-        dumps = self._client.serializer.dumps
+        dumps = self._client._serializer.dumps
         data = [dumps(item) for item in items]
         if data:
             await self._put(data, wait=True)
@@ -142,20 +151,20 @@ class Queue:
         self._raise_deferred()
         await trio.lowlevel.checkpoint_if_cancelled()
         connection = self._client._connection
-        if link.credit == UNLIMITED or link.credit >= len(data):
+        if link.can_put(len(data)):
             if connection.over_high_water():  # back pressure before committing
                 if not wait:
                     raise trio.WouldBlock("the connection's send buffer is full")
                 await connection.wait_writable()
-            if link.credit != UNLIMITED:
+            if not link.unlimited:
                 link.credit -= len(data)
-            self._client.send_oneway(QueuePut(link.name, data, True, True))
+            self._client._send_oneway(QueuePut(link.name, data, True, True))
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        reply = await self._client.request(
+        reply = await self._client._request(
             QueuePut(link.name, data, False, wait), PutDone, on_cancel="outcome"
         )
-        link.add_credit(reply.credit)
+        link.credit += reply.credit
 
     # -- getting -------------------------------------------------------------------
 
@@ -174,13 +183,13 @@ class Queue:
 
     async def _get(self, n: int, *, wait: bool) -> list[Any]:
         link = self._link
-        self._raise_deferred()
+        self._client._check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
         if link.buffer:
             taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
             await trio.lowlevel.cancel_shielded_checkpoint()
         else:
-            reply = await self._client.request(
+            reply = await self._client._request(
                 QueueGet(link.name, max(n, self._prefetch), wait),
                 Items,
                 on_cancel="withdraw",
@@ -189,20 +198,21 @@ class Queue:
             leased = list(enumerate(reply.items, reply.first_lease))
             taken, extra = leased[:n], leased[n:]
             link.buffer.extend(extra)
-        self._client.ack([lease for lease, _ in taken])
-        loads = self._client.serializer.loads
+        self._client._ack([lease for lease, _ in taken])
+        loads = self._client._serializer.loads
         return [loads(data) for _, data in taken]
 
     # -- other operations ---------------------------------------------------------------
 
     async def qsize(self) -> int:
         """Items put and not yet consumed (including ones prefetched by clients)."""
-        reply = await self._client.request(QueueSize(self.name), Count)
+        reply = await self._client._request(QueueSize(self.name), Count)
         return reply.value
 
     async def delete(self) -> None:
         """Delete the queue and its items; waiting calls raise ``BrokenResourceError``."""
-        await self._client.request(QueueDelete(self.name), Ok)
+        await self._client._request(QueueDelete(self.name), Ok)
+        self._link.buffer.clear()  # leased from the deleted queue: gone with it
 
     def open_channels(self) -> tuple[QueueSendChannel, QueueReceiveChannel]:
         """A send and a receive endpoint counted across the cluster (see the classes)."""
@@ -222,7 +232,7 @@ class Queue:
     # -- answers nobody waits for ---------------------------------------------------------
 
     def _raise_deferred(self) -> None:
-        self._client.check_usable()
+        self._client._check_usable()
         error, self._link.error = self._link.error, None
         if error is not None:
             raise error
@@ -235,8 +245,7 @@ class Queue:
         except Exception as exc:
             self._link.error = exc
             return
-        self._link.maxsize = info.maxsize
-        self._link.add_credit(info.credit)
+        self._link.on_info(info.maxsize, info.credit)
 
     def _on_late_items(self, pending: _Pending) -> None:
         """A cancelled get's answer arrived anyway: keep its items for the next get."""
@@ -260,7 +269,7 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self._closed = False
-        queue._client.send_oneway(EndpointOpen(queue.name, "send"))
+        queue._client._send_oneway(EndpointOpen(queue.name, "send"))
 
     async def send(self, value: Any) -> None:
         if self._closed:
@@ -289,7 +298,7 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self._closed = False
-        queue._client.send_oneway(EndpointOpen(queue.name, "receive"))
+        queue._client._send_oneway(EndpointOpen(queue.name, "receive"))
 
     async def receive(self) -> Any:
         if self._closed:
@@ -312,4 +321,4 @@ def _close_endpoint(queue: Queue, kind: str) -> None:
     client = queue._client
     if client._closed or client._broken is not None:
         return  # the scheduler counts a vanished client's endpoints as closed
-    client.send_oneway(EndpointClose(queue.name, kind))
+    client._send_oneway(EndpointClose(queue.name, kind))

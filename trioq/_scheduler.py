@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -97,7 +98,8 @@ class Scheduler:
         conn_id = self._next_conn
         self._next_conn += 1
         try:
-            peer = "%s:%s" % stream.socket.getpeername()[:2]
+            host, port = stream.socket.getpeername()[:2]
+            peer = f"{host}:{port}"
         except OSError:
             peer = "?"
         connection = FramedConnection(stream, max_frame_size=self.max_frame_size)
@@ -115,14 +117,24 @@ class Scheduler:
                 nursery.start_soon(connection.run_writer)
                 try:
                     await connection.run_reader(lambda frame: self._on_frame(conn_id, frame))
+                except (
+                    ProtocolError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    OSError,
+                ) as exc:
+                    log.warning("closing client %d (%s): %s", conn_id, name, exc)
+                except Exception:
+                    # A bug while serving one client closes that client, not the scheduler.
+                    log.exception(
+                        "internal error serving client %d (%s); closing it", conn_id, name
+                    )
                 finally:
                     # Let the writer deliver what is queued (an error answer, say).
                     connection.start_closing()
                     with trio.move_on_after(1):
                         await connection.writer_done.wait()
                     nursery.cancel_scope.cancel()
-        except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.warning("closing client %d (%s): %s", conn_id, name, exc)
         finally:
             del self._connections[conn_id]
             self._execute(self.state.disconnect(conn_id))
@@ -156,7 +168,5 @@ class Scheduler:
             request_id = instruction.request_id
         else:
             op, payload = instruction.message.OP, encode_message(instruction.message)
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             connection.send(op, request_id, payload)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass

@@ -115,16 +115,12 @@ class Serializer:
         except SerializationError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(
-                f"cannot serialize {type(obj).__qualname__}: {exc}"
-            ) from exc
+            raise SerializationError(f"cannot serialize {type(obj).__qualname__}: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
         """Deserialize bytes made by ``dumps``; ``SerializationError`` if malformed."""
         try:
-            return msgpack.unpackb(
-                data, ext_hook=self._ext_hook, strict_map_key=False, raw=False
-            )
+            return msgpack.unpackb(data, ext_hook=self._ext_hook, strict_map_key=False, raw=False)
         except SerializationError:
             raise
         except Exception as exc:  # msgpack raises many kinds on garbage
@@ -144,15 +140,12 @@ class Serializer:
             return msgpack.ExtType(EXT_PICKLE, obj.data)
         if self._pickler is None:
             raise SerializationError(
-                f"{cls.__qualname__} is not plain msgpack data and this "
-                "serializer does not pickle"
+                f"{cls.__qualname__} is not plain msgpack data and this serializer does not pickle"
             )
         try:
             return msgpack.ExtType(EXT_PICKLE, self._pickler(obj))
         except Exception as exc:
-            raise SerializationError(
-                f"cannot pickle {cls.__qualname__}: {exc}"
-            ) from exc
+            raise SerializationError(f"cannot pickle {cls.__qualname__}: {exc}") from exc
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
         if code == EXT_TUPLE:

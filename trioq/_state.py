@@ -27,16 +27,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ._messages import (
     Ack,
     Cancel,
     Count,
     CreditNotice,
-    ErrorNotice,
     EndpointClose,
     EndpointOpen,
+    ErrorNotice,
     Items,
     Message,
     Ok,
@@ -56,10 +56,9 @@ from ._messages import (
     VariableSet,
 )
 
-__all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW", "UNLIMITED"]
+__all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW"]
 
 CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
-UNLIMITED = -1  # credit value meaning "unbounded queue: no credit needed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +106,9 @@ class _Queue:
     items: deque[bytes] = field(default_factory=deque)
     getters: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, rid) -> max
     putters: dict[tuple[int, int], list[bytes]] = field(default_factory=dict)
-    reserved: dict[int, int] = field(default_factory=dict)  # conn -> put credit
-    reserved_total: int = 0
+    reserved: dict[int, int] = field(default_factory=dict)  # conn -> put credit (< 0: debt)
+    reserved_total: int = 0  # sum of the positive holdings
+    openers: set[int] = field(default_factory=set)  # connections that opened it
     leased: int = 0
     senders: int = 0
     receivers: int = 0
@@ -155,9 +155,9 @@ class SchedulerState:
             self._unpark(conn, rid, kind, name)
         touched = self._restore_leases(state.leases)
         for queue in self._queues.values():
-            held = queue.reserved.pop(conn, 0)
-            if held:
-                queue.reserved_total -= held
+            queue.openers.discard(conn)
+            if queue.reserved.get(conn, 0):
+                self._set_held(queue, conn, 0)
                 touched.add(queue.name)
         for (name, kind), count in state.endpoints.items():
             queue_or_none = self._queues.get(name)
@@ -209,6 +209,7 @@ class SchedulerState:
                 "ValueError",
                 f"queue {msg.queue!r} exists with maxsize {queue.maxsize}, not {msg.maxsize}",
             )
+        queue.openers.add(conn)
         out.append(Reply(conn, rid, QueueInfo(queue.maxsize, self._grant(queue, conn))))
 
     def _on_queue_put(self, conn: int, rid: int, msg: QueuePut, out: Out) -> None:
@@ -223,11 +224,12 @@ class SchedulerState:
             )
         n = len(msg.items)
         if queue.maxsize and msg.credited:
+            # Credit taken back while this put was under way becomes debt,
+            # repaid before any new grant; more than a window of it is misuse.
             held = queue.reserved.get(conn, 0)
-            if held < n:
+            if held - n < -self._window(queue):
                 raise StateError("ProtocolError", f"put of {n} items with only {held} credit")
-            queue.reserved[conn] = held - n
-            queue.reserved_total -= n
+            self._set_held(queue, conn, held - n)
         elif queue.maxsize and not msg.credited:
             if n > queue.maxsize:
                 raise StateError(
@@ -235,6 +237,12 @@ class SchedulerState:
                     f"a batch of {n} items can never fit in queue {msg.queue!r} "
                     f"(maxsize {queue.maxsize})",
                 )
+            held = queue.reserved.get(conn, 0)
+            if held > 0:
+                # It asked without credit, so the credit it holds has not reached
+                # it yet: take that back (it is told first) and use the room now.
+                self._set_held(queue, conn, 0)
+                out.append(Notice(conn, CreditNotice(queue.name, -held, False)))
             if queue.putters or queue.room() < n:
                 if not msg.wait:
                     raise StateError("WouldBlock", f"queue {msg.queue!r} is full")
@@ -247,7 +255,7 @@ class SchedulerState:
         elif queue.maxsize and queue.reserved.get(conn, 0) <= self._window(queue) // 2:
             grant = self._grant(queue, conn)  # top up before the producer runs dry
             if grant:
-                out.append(Notice(conn, CreditNotice(queue.name, grant)))
+                out.append(Notice(conn, CreditNotice(queue.name, grant, False)))
         self._feed_getters(queue, out)
 
     def _on_queue_get(self, conn: int, rid: int, msg: QueueGet, out: Out) -> None:
@@ -292,6 +300,7 @@ class SchedulerState:
     def _on_queue_delete(self, conn: int, rid: int, msg: QueueDelete, out: Out) -> None:
         queue = self._queues.pop(msg.queue, None)
         if queue is not None:
+            self._stop_credit(queue, out)
             text = f"queue {msg.queue!r} was deleted"
             for (owner, request), _ in [*queue.getters.items(), *queue.putters.items()]:
                 self._conns[owner].parked.pop(request, None)
@@ -357,7 +366,7 @@ class SchedulerState:
     def _on_status(self, conn: int, rid: int, msg: Status, out: Out) -> None:
         out.append(Reply(conn, rid, StatusReport(self.status())))
 
-    _HANDLERS: dict[type, Any] = {
+    _HANDLERS: ClassVar[dict[type, Any]] = {
         QueueOpen: _on_queue_open,
         QueuePut: _on_queue_put,
         QueueGet: _on_queue_get,
@@ -377,19 +386,35 @@ class SchedulerState:
     # -- mechanics -----------------------------------------------------------------
 
     def _grant(self, queue: _Queue, conn: int) -> int:
-        """Top this connection's put credit up towards the window; return the grant."""
-        if not queue.maxsize:
-            return UNLIMITED
-        if queue.putters:
+        """Top this connection's put credit up towards the window; return the grant.
+
+        Unbounded queues need no credit (clients know from ``maxsize`` 0), and
+        none is granted while someone waits for room or the queue refuses puts.
+        """
+        if not queue.maxsize or queue.putters or queue.closed or queue.broken:
             return 0
-        window = self._window(queue)
         held = queue.reserved.get(conn, 0)
-        grant = min(window - held, queue.room())
+        grant = min(self._window(queue) - held, queue.room())
         if grant <= 0:
             return 0
-        queue.reserved[conn] = held + grant
-        queue.reserved_total += grant
+        self._set_held(queue, conn, held + grant)
         return grant
+
+    @staticmethod
+    def _set_held(queue: _Queue, conn: int, held: int) -> None:
+        before = queue.reserved.get(conn, 0)
+        queue.reserved_total += max(held, 0) - max(before, 0)
+        if held:
+            queue.reserved[conn] = held
+        else:
+            queue.reserved.pop(conn, None)
+
+    def _stop_credit(self, queue: _Queue, out: Out) -> None:
+        """The queue refuses puts from now on: every opener must ask, not assume."""
+        queue.reserved.clear()
+        queue.reserved_total = 0
+        for conn in queue.openers:
+            out.append(Notice(conn, CreditNotice(queue.name, 0, True)))
 
     @staticmethod
     def _window(queue: _Queue) -> int:
@@ -443,12 +468,14 @@ class SchedulerState:
             queue.senders -= count
             if queue.senders == 0:
                 queue.closed = True
+                self._stop_credit(queue, out)
                 if not queue.items:
                     self._end_getters(queue, out)
         else:
             queue.receivers -= count
             if queue.receivers == 0:
                 queue.broken = True
+                self._stop_credit(queue, out)
                 text = f"every receive endpoint of queue {queue.name!r} is closed"
                 for conn, rid in list(queue.putters):
                     self._conns[conn].parked.pop(rid, None)
@@ -526,10 +553,11 @@ class SchedulerState:
                     assert (conn, rid) in self._var_waiters[name], "parked read is lost"
         for queue in self._queues.values():
             assert queue.leased == leased.get(id(queue), 0), "lease count is wrong"
-            assert queue.reserved_total == sum(queue.reserved.values()), "credit sum is wrong"
-            assert all(v >= 0 for v in queue.reserved.values()), "negative credit"
+            positive = sum(held for held in queue.reserved.values() if held > 0)
+            assert queue.reserved_total == positive, "credit sum is wrong"
+            assert all(held >= -self._window(queue) for held in queue.reserved.values()), "debt"
+            assert set(queue.reserved) <= set(self._conns), "credit held by a gone client"
             assert not (queue.items and queue.getters), "items wait while getters wait"
             assert queue.senders >= 0 and queue.receivers >= 0, "negative endpoint count"
             for conn, rid in [*queue.getters, *queue.putters]:
                 assert self._conns[conn].parked.get(rid) is not None, "parked request unknown"
-

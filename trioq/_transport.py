@@ -17,6 +17,8 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +36,7 @@ _RECEIVE_SIZE = 256 * 1024
 _COALESCE_ROUNDS = 64  # scheduling rounds the writer may wait for more frames
 _COALESCE_BYTES = 256 * 1024  # ... unless this much is already buffered
 _IDLE_ROUNDS = 2  # rounds without a new frame that end the wait
+_BUSY_WINDOW = 100e-6  # seconds: a write this soon after the last one starts gathering
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -59,6 +62,7 @@ class FramedConnection:
         self._closing = False
         self._broken: BaseException | None = None
         self.writer_done = trio.Event()
+        self._last_flush = -math.inf
         self.before_flush: Callable[[], None] | None = None
 
     # -- sending ---------------------------------------------------------------
@@ -110,7 +114,8 @@ class FramedConnection:
         try:
             while True:
                 await self._has_data.wait()
-                await self._gather_more()
+                if self._busy():
+                    await self._gather_more()
                 self._has_data = trio.Event()
                 if self.before_flush is not None:
                     self.before_flush()
@@ -120,6 +125,7 @@ class FramedConnection:
                     self._drained.set()
                 if data:
                     await self.stream.send_all(data)
+                    self._last_flush = trio.current_time()
                 if self._closing and not len(self._encoder):
                     send_eof = getattr(self.stream, "send_eof", None)
                     if send_eof is not None:
@@ -129,6 +135,18 @@ class FramedConnection:
             self._mark_broken(exc)
         finally:
             self.writer_done.set()
+
+    def _busy(self) -> bool:
+        """Is a burst under way?  Then wait for more frames; else send at once.
+
+        A lone request after a quiet spell goes out immediately (latency); a
+        stream of frames, or a write soon after the last one, is gathered into
+        fewer, larger writes (throughput).
+        """
+        return (
+            self._encoder.frames_buffered > 1
+            or trio.current_time() - self._last_flush < _BUSY_WINDOW
+        )
 
     async def _gather_more(self) -> None:
         """Yield while other tasks keep adding frames, so they leave in one write.
@@ -233,7 +251,9 @@ class FramedConnection:
                 client_id = handshake.receive_welcome(await self._receive_handshake_frame())
                 self._start_messages()
         except trio.TooSlowError:
-            raise AuthenticationError("the scheduler did not finish the handshake in time") from None
+            raise AuthenticationError(
+                "the scheduler did not finish the handshake in time"
+            ) from None
         except ProtocolError as exc:
             raise AuthenticationError(f"malformed handshake from the scheduler: {exc}") from None
         except (trio.BrokenResourceError, OSError) as exc:
@@ -242,11 +262,11 @@ class FramedConnection:
 
     async def _refuse(self, reason: str) -> None:
         frame = core.encode_frame(int(Op.ERROR), 0, encode_message(ErrorReply("auth", reason)))
-        with trio.move_on_after(1):
-            try:
-                await self.stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+        with (
+            trio.move_on_after(1),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+        ):
+            await self.stream.send_all(frame)
 
     # -- closing ---------------------------------------------------------------
 
@@ -260,4 +280,3 @@ class FramedConnection:
         self._closed = True
         self._drained.set()
         await self.stream.aclose()
-

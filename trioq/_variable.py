@@ -34,10 +34,10 @@ class Variable:
 
     async def set(self, value: Any) -> None:
         """Set the value; readers waiting for one get it."""
-        data = self._client.serializer.dumps(value)
-        await self._client.request(VariableSet(self.name, data), Ok, on_cancel="outcome")
+        data = self._client._serializer.dumps(value)
+        await self._client._request(VariableSet(self.name, data), Ok, on_cancel="outcome")
 
-    async def get(self, timeout: float | None = None) -> Any:
+    async def get(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (dask's API)
         """The current value, waiting until one is set.
 
         ``timeout`` (seconds) raises ``trio.TooSlowError`` when it runs out.
@@ -49,15 +49,15 @@ class Variable:
 
     async def get_nowait(self) -> Any:
         """The current value, or ``LookupError`` if it is not set."""
-        reply = await self._client.request(VariableGet(self.name, False), Value)
-        return self._client.serializer.loads(reply.value)
+        reply = await self._client._request(VariableGet(self.name, False), Value)
+        return self._client._serializer.loads(reply.value)
 
     async def _get(self) -> Any:
-        reply = await self._client.request(
+        reply = await self._client._request(
             VariableGet(self.name, True), Value, on_cancel="withdraw"
         )
-        return self._client.serializer.loads(reply.value)
+        return self._client._serializer.loads(reply.value)
 
     async def delete(self) -> None:
         """Forget the value (no error if it was not set)."""
-        await self._client.request(VariableDelete(self.name), Ok)
+        await self._client._request(VariableDelete(self.name), Ok)
