@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import trio
 
@@ -45,6 +45,10 @@ from ._messages import (
 )
 from ._pickling import full_serializer
 from ._transport import FramedConnection
+
+if TYPE_CHECKING:
+    from ._queue import Queue
+    from ._variable import Variable
 
 __all__ = ["Client", "connect", "parse_address", "register_local_token"]
 
@@ -114,7 +118,9 @@ class Client:
     """A connection to a trioq scheduler.  Create it with ``trioq.connect``."""
 
     def __init__(self, connection: FramedConnection, client_id: int, address: str) -> None:
+        #: The scheduler's address, ``tcp://host:port``.
         self.address = address
+        #: The id the scheduler gave this connection (shown by ``status``).
         self.id = client_id
         self._connection = connection
         self._pending: dict[int, _Pending] = {}
@@ -130,13 +136,18 @@ class Client:
 
     # -- public ------------------------------------------------------------------
 
-    def queue(self, name: str | None = None, maxsize: int = 0, *, prefetch: int = 16) -> Any:
-        """A handle on the named queue (created on first use).  See ``trioq.Queue``."""
+    def queue(self, name: str | None = None, maxsize: int = 0, *, prefetch: int = 16) -> Queue:
+        """A handle on the named queue, created on first use (see ``trioq.Queue``).
+
+        ``name`` None makes a fresh unique queue.  ``maxsize`` 0 is unbounded;
+        a non-zero one that differs from an existing queue's is reported as
+        ``ValueError`` by the handle's next put.  ``prefetch``: see ``Queue``.
+        """
         from ._queue import Queue
 
         return Queue(self, name, maxsize, prefetch=prefetch)
 
-    def variable(self, name: str) -> Any:
+    def variable(self, name: str) -> Variable:
         """A handle on the named variable.  See ``trioq.Variable``."""
         from ._variable import Variable
 

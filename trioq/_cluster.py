@@ -33,7 +33,11 @@ class Cluster:
 async def open_cluster(
     *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
 ) -> AsyncIterator[Cluster]:
-    """Run a scheduler (on 127.0.0.1, a free port by default) for the block's duration."""
+    """Run a scheduler for the duration of an ``async with`` block.
+
+    Listens on 127.0.0.1 and a free port by default; yields a ``Cluster``.
+    Leaving the block stops the scheduler and drops its state.
+    """
     scheduler = Scheduler(host, port, token=token)
     async with trio.open_nursery() as nursery:
         address = await nursery.start(scheduler.serve)

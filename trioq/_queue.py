@@ -117,6 +117,7 @@ class Queue:
 
     @property
     def name(self) -> str:
+        """The queue's name in the cluster."""
         return self._link.name
 
     @property
@@ -130,15 +131,29 @@ class Queue:
     # -- putting -------------------------------------------------------------------
 
     async def put(self, item: Any) -> None:
-        """Put one item, waiting for room if the queue is full."""
+        """Put one item, waiting for room if the queue is full.
+
+        Raises ``trio.ClosedResourceError`` once the queue's last send endpoint
+        closed, ``trio.BrokenResourceError`` once its last receive endpoint
+        closed or it was deleted, ``SerializationError`` for an item that
+        cannot be serialized.  If cancelled, the item was not put.
+        """
         await self._put([self._client._serializer.dumps(item)], wait=True)
 
     async def put_nowait(self, item: Any) -> None:
-        """Put one item or raise ``trio.WouldBlock`` if there is no room now."""
+        """Put one item or raise ``trio.WouldBlock`` if there is no room now.
+
+        Never waits for room; may take one round trip to ask the scheduler.
+        Raises what ``put`` raises.
+        """
         await self._put([self._client._serializer.dumps(item)], wait=False)
 
     async def put_batch(self, items: Iterable[Any]) -> None:
-        """Put several items, all or none, in order (waits for room for all)."""
+        """Put several items, all or none, in order (waits for room for all).
+
+        ``ValueError`` if a bounded queue could never hold them all at once;
+        otherwise raises what ``put`` raises.  If cancelled, none was put.
+        """
         dumps = self._client._serializer.dumps
         data = [dumps(item) for item in items]
         if data:
@@ -169,15 +184,27 @@ class Queue:
     # -- getting -------------------------------------------------------------------
 
     async def get(self) -> Any:
-        """Take the oldest item, waiting for one.  ``trio.EndOfChannel`` once closed and empty."""
+        """Take the oldest item, waiting for one.
+
+        Raises ``trio.EndOfChannel`` once the queue's last send endpoint
+        closed and it is empty, ``trio.BrokenResourceError`` if it was
+        deleted.  If cancelled, either nothing was taken or the item is
+        kept for this client's next ``get`` on the queue.
+        """
         return (await self._get(1, wait=True))[0]
 
     async def get_nowait(self) -> Any:
-        """Take the oldest item or raise ``trio.WouldBlock`` if there is none now."""
+        """Take the oldest item or raise ``trio.WouldBlock`` if there is none now.
+
+        Never waits for an item; may take one round trip to ask the scheduler.
+        """
         return (await self._get(1, wait=False))[0]
 
     async def get_batch(self, n: int) -> list[Any]:
-        """Take up to ``n`` items (at least one, waiting for it)."""
+        """Take up to ``n`` items, oldest first (at least one, waiting for it).
+
+        Raises and behaves on cancellation like ``get``.
+        """
         _check_count("n", n, 1)
         return await self._get(n, wait=True)
 
@@ -215,8 +242,24 @@ class Queue:
         self._link.buffer.clear()  # leased from the deleted queue: gone with it
 
     def open_channels(self) -> tuple[QueueSendChannel, QueueReceiveChannel]:
-        """A send and a receive endpoint counted across the cluster (see the classes)."""
+        """A send and a receive endpoint, counted across the cluster.
+
+        Like ``trio.open_memory_channel``: when the last send endpoint in the
+        cluster closes, receivers drain the queue, then get
+        ``trio.EndOfChannel``.  A process that only produces (or only
+        consumes) should open just its half with ``open_send_channel`` (or
+        ``open_receive_channel``): closing an unused half early can end the
+        stream for everyone.
+        """
         return QueueSendChannel(self), QueueReceiveChannel(self)
+
+    def open_send_channel(self) -> QueueSendChannel:
+        """One send endpoint on this queue (see ``open_channels``)."""
+        return QueueSendChannel(self)
+
+    def open_receive_channel(self) -> QueueReceiveChannel:
+        """One receive endpoint on this queue (see ``open_channels``)."""
+        return QueueReceiveChannel(self)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -272,16 +315,19 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
         queue._client._send_oneway(EndpointOpen(queue.name, "send"))
 
     async def send(self, value: Any) -> None:
+        """Put ``value`` (see ``Queue.put``); ``ClosedResourceError`` if closed."""
         if self._closed:
             raise trio.ClosedResourceError("this send endpoint was closed")
         await self._queue.put(value)
 
     def clone(self) -> QueueSendChannel:
+        """Another send endpoint, counted separately (close each one)."""
         if self._closed:
             raise trio.ClosedResourceError("this send endpoint was closed")
         return QueueSendChannel(self._queue)
 
     async def aclose(self) -> None:
+        """Close this endpoint (idempotent); the scheduler counts it as gone."""
         if not self._closed:
             self._closed = True
             _close_endpoint(self._queue, "send")
@@ -301,16 +347,19 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
         queue._client._send_oneway(EndpointOpen(queue.name, "receive"))
 
     async def receive(self) -> Any:
+        """Get an item (see ``Queue.get``); ``EndOfChannel`` after the last sender."""
         if self._closed:
             raise trio.ClosedResourceError("this receive endpoint was closed")
         return await self._queue.get()
 
     def clone(self) -> QueueReceiveChannel:
+        """Another receive endpoint, counted separately (close each one)."""
         if self._closed:
             raise trio.ClosedResourceError("this receive endpoint was closed")
         return QueueReceiveChannel(self._queue)
 
     async def aclose(self) -> None:
+        """Close this endpoint (idempotent); the scheduler counts it as gone."""
         if not self._closed:
             self._closed = True
             _close_endpoint(self._queue, "receive")

@@ -50,8 +50,10 @@ def is_loopback(host: str) -> bool:
 class Scheduler:
     """Owns all named state and serves it over TCP.
 
-    ``token`` authenticates every connection; when omitted one is generated
-    (``self.token``), which is refused for a non-loopback ``host``.
+    ``token`` authenticates every connection.  When omitted, one is generated
+    (``self.token``) for a loopback ``host``; for any other host a missing
+    token raises ``ValueError``: a cluster reachable from other machines
+    must have a token its operator chose and distributed.
     """
 
     def __init__(

@@ -40,7 +40,9 @@ class Variable:
     async def get(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (dask's API)
         """The current value, waiting until one is set.
 
-        ``timeout`` (seconds) raises ``trio.TooSlowError`` when it runs out.
+        ``timeout`` (seconds) raises ``trio.TooSlowError`` when it runs out;
+        a thin ``trio.fail_after`` kept for dask familiarity: prefer cancel
+        scopes.  A cancelled ``get`` leaves nothing behind.
         """
         if timeout is None:
             return await self._get()
@@ -48,7 +50,7 @@ class Variable:
             return await self._get()
 
     async def get_nowait(self) -> Any:
-        """The current value, or ``LookupError`` if it is not set."""
+        """The current value; raises ``LookupError`` if it is not set."""
         reply = await self._client._request(VariableGet(self.name, False), Value)
         return self._client._serializer.loads(reply.value)
 
