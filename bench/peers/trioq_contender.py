@@ -1,0 +1,155 @@
+"""trioq's own contender: a ``Queue`` between two processes, through a scheduler.
+
+The same shapes of work as the peers (``harness.run_pair``): side A puts
+(one item per ``put``, or ``--batch`` items per ``put_batch``), side B gets
+(``get``, or ``get_batch``); then A and B ping-pong through two queues,
+"ping" and "pong", with ``prefetch=1`` so every get is a fresh request.
+The scheduler is a third process, ``python -m trioq scheduler``, started
+here on 127.0.0.1 (port 0) and always stopped at the end.  All three
+processes share the machine's cores, as the peers' processes do.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from peers.harness import (
+    Measurement,
+    PairPlan,
+    RunConfig,
+    batch_sizes,
+    chunked,
+    make_items,
+    percentiles,
+    run_pair,
+)
+
+
+@contextmanager
+def scheduler_process(timeout: float = 30.0) -> Iterator[tuple[str, str]]:
+    """A ``python -m trioq scheduler`` on 127.0.0.1; yields (address, token)."""
+    token = secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory() as tmp:
+        token_file = os.path.join(tmp, "token")
+        with open(token_file, "w") as f:
+            f.write(token)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trioq", "scheduler", "--port", "0", "--token-file", token_file],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            address = None
+            assert proc.stdout is not None
+            while address is None and time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                if "listening on" in line:
+                    address = line.split()[-1]
+            if address is None:
+                raise RuntimeError("the trioq scheduler did not start")
+            yield address, token
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _barrier(barrier: Any) -> Any:
+    import trio
+
+    return trio.to_thread.run_sync(barrier.wait)
+
+
+def trioq_side_a(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
+    import trio
+
+    trio.run(_side_a, spec, plan, barrier, results)
+
+
+async def _side_a(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
+    import trioq
+
+    async with trioq.connect(spec["address"], token=spec["token"]) as client:
+        queue = client.queue("bench-items")
+        for mode, run, n in plan.throughput_runs():
+            items = make_items(n)
+            batches = chunked(items, plan.cfg.batch)
+            await _barrier(barrier)
+            start = time.monotonic_ns()
+            if mode == "single":
+                for item in items:
+                    await queue.put(item)
+            else:
+                for batch in batches:
+                    await queue.put_batch(batch)
+            results.put(("start", mode, run, start))
+            await _barrier(barrier)
+        ping, pong = client.queue("bench-ping", prefetch=1), client.queue("bench-pong", prefetch=1)
+        item = make_items(1)[0]
+        for run, n in plan.latency_runs():
+            await _barrier(barrier)
+            durations = []
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                await ping.put(item)
+                await pong.get()
+                durations.append((time.perf_counter_ns() - t0) * 1e-9)
+            results.put(("rt", run, *percentiles(durations)))
+
+
+def trioq_side_b(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
+    import trio
+
+    trio.run(_side_b, spec, plan, barrier, results)
+
+
+async def _side_b(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
+    import trioq
+
+    async with trioq.connect(spec["address"], token=spec["token"]) as client:
+        queue = client.queue("bench-items", prefetch=plan.cfg.batch)
+        for mode, run, n in plan.throughput_runs():
+            await _barrier(barrier)
+            if mode == "single":
+                for _ in range(n):
+                    await queue.get()
+            else:
+                for size in batch_sizes(n, plan.cfg.batch):
+                    got = 0
+                    while got < size:
+                        got += len(await queue.get_batch(size - got))
+            results.put(("end", mode, run, time.monotonic_ns()))
+            await _barrier(barrier)
+        ping, pong = client.queue("bench-ping", prefetch=1), client.queue("bench-pong", prefetch=1)
+        for _run, n in plan.latency_runs():
+            await _barrier(barrier)
+            for _ in range(n):
+                await pong.put(await ping.get())
+
+
+def measure_trioq(cfg: RunConfig) -> dict[str, Measurement]:
+    ctx = multiprocessing.get_context("spawn")
+    notes = {
+        "throughput_single": "Queue.put / Queue.get through a scheduler process",
+        "throughput_batched": f"put_batch / get_batch of {cfg.batch} items",
+        "round_trip": "put on 'ping', get and put on 'pong', get: 4 hops via the scheduler",
+    }
+    with scheduler_process() as (address, token):
+        spec = {"address": address, "token": token}
+        return run_pair(trioq_side_a, trioq_side_b, spec, cfg, ctx=ctx, notes=notes)
