@@ -94,7 +94,8 @@ def _resolve_token(address: str, token: str | None) -> str:
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV]
     raise ValueError(
-        f"no token for {address}: pass token=..., or set the {TOKEN_ENV} environment variable"
+        f"no token for {address}: pass token=... (--token-file on the command line) "
+        f"or set the {TOKEN_ENV} environment variable"
     )
 
 

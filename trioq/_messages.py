@@ -315,13 +315,13 @@ class QueueOpen(Message):
 @_message
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueInfo(Message):
-    """Reply to ``QueueOpen``: the queue's real maxsize and put credit granted.
+    """Reply to ``QueueOpen``: the queue's real maxsize.
 
     A queue with ``maxsize`` 0 is unbounded: puts to it never need credit.
+    Bounded queues grant credit only to connections that put (``PutDone``).
     """
 
     maxsize: int
-    credit: int
 
 
 @_request

@@ -69,10 +69,9 @@ class _Link:
     def can_put(self, n: int) -> bool:
         return self.unlimited or self.credit >= n
 
-    def on_info(self, maxsize: int, credit: int) -> None:
+    def on_info(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self.unlimited = maxsize == 0
-        self.credit += credit
 
     def on_credit(self, credit: int, reset: bool) -> None:
         if reset:
@@ -288,7 +287,7 @@ class Queue:
         except Exception as exc:
             self._link.error = exc
             return
-        self._link.on_info(info.maxsize, info.credit)
+        self._link.on_info(info.maxsize)
 
     def _on_late_items(self, pending: _Pending) -> None:
         """A cancelled get's answer arrived anyway: keep its items for the next get."""

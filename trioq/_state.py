@@ -210,7 +210,7 @@ class SchedulerState:
                 f"queue {msg.queue!r} exists with maxsize {queue.maxsize}, not {msg.maxsize}",
             )
         queue.openers.add(conn)
-        out.append(Reply(conn, rid, QueueInfo(queue.maxsize, self._grant(queue, conn))))
+        out.append(Reply(conn, rid, QueueInfo(queue.maxsize)))
 
     def _on_queue_put(self, conn: int, rid: int, msg: QueuePut, out: Out) -> None:
         queue = self._queue(msg.queue)
@@ -237,12 +237,11 @@ class SchedulerState:
                     f"a batch of {n} items can never fit in queue {msg.queue!r} "
                     f"(maxsize {queue.maxsize})",
                 )
-            held = queue.reserved.get(conn, 0)
-            if held > 0:
-                # It asked without credit, so the credit it holds has not reached
-                # it yet: take that back (it is told first) and use the room now.
-                self._set_held(queue, conn, 0)
-                out.append(Notice(conn, CreditNotice(queue.name, -held, False)))
+            if queue.room() < n and queue.reserved_total:
+                # Credit is a promise of room, not room in use: take it back from
+                # every holder (each is told first) before making anyone wait.  The
+                # asker's own credit is among it: it had not reached it yet.
+                self._revoke_credit(queue, out)
             if queue.putters or queue.room() < n:
                 if not msg.wait:
                     raise StateError("WouldBlock", f"queue {msg.queue!r} is full")
@@ -265,7 +264,7 @@ class SchedulerState:
         if queue.items and not queue.getters:
             self._deliver(queue, conn, rid, msg.max_items, out)
             self._feed_putters(queue, out)
-        elif queue.closed and not queue.items:
+        elif self._finished(queue):
             raise StateError("EndOfChannel", f"queue {msg.queue!r} is closed and empty")
         elif not msg.wait:
             raise StateError("WouldBlock", f"queue {msg.queue!r} is empty")
@@ -282,8 +281,8 @@ class SchedulerState:
                 entry[0].leased -= 1
                 freed[id(entry[0])] = entry[0]
         for queue in freed.values():
-            if queue.putters and self._queues.get(queue.name) is queue:
-                self._feed_putters(queue, out)
+            if self._queues.get(queue.name) is queue:
+                self._settle(queue, out)  # room for putters; maybe the end for getters
 
     def _on_queue_return(self, conn: int, rid: int, msg: QueueReturn, out: Out) -> None:
         leases = self._conns[conn].leases
@@ -409,6 +408,13 @@ class SchedulerState:
         else:
             queue.reserved.pop(conn, None)
 
+    def _revoke_credit(self, queue: _Queue, out: Out) -> None:
+        """Take back every positive holding; puts already under way become debt."""
+        for conn, held in list(queue.reserved.items()):
+            if held > 0:
+                self._set_held(queue, conn, 0)
+                out.append(Notice(conn, CreditNotice(queue.name, -held, False)))
+
     def _stop_credit(self, queue: _Queue, out: Out) -> None:
         """The queue refuses puts from now on: every opener must ask, not assume."""
         queue.reserved.clear()
@@ -438,7 +444,7 @@ class SchedulerState:
             self._conns[conn].parked.pop(rid, None)
             share = max(1, len(queue.items) // (len(queue.getters) + 1))
             self._deliver(queue, conn, rid, min(max_items, share), out)
-        if queue.closed and not queue.items:
+        if queue.getters and self._finished(queue):
             self._end_getters(queue, out)
 
     def _feed_putters(self, queue: _Queue, out: Out) -> None:
@@ -456,6 +462,11 @@ class SchedulerState:
         """After items or room changed outside a put/get: serve whoever waits."""
         self._feed_putters(queue, out)
 
+    @staticmethod
+    def _finished(queue: _Queue) -> bool:
+        """Closed, empty, and nothing leased that could still come back."""
+        return queue.closed and not queue.items and not queue.leased
+
     def _end_getters(self, queue: _Queue, out: Out) -> None:
         text = f"queue {queue.name!r} is closed and empty"
         for conn, rid in list(queue.getters):
@@ -469,7 +480,7 @@ class SchedulerState:
             if queue.senders == 0:
                 queue.closed = True
                 self._stop_credit(queue, out)
-                if not queue.items:
+                if self._finished(queue):
                     self._end_getters(queue, out)
         else:
             queue.receivers -= count
