@@ -20,7 +20,8 @@ Workloads (defined in ``benchmarks/_workloads.py``, shared with asv):
 
 Timing: ``time.perf_counter`` around the work only (setup is untimed), the
 cyclic garbage collector off while timing (as ``timeit`` does), one
-untimed warm-up run per workload and core.  Exit status 2 when the
+untimed warm-up run per workload and core, then the two cores alternate
+run by run so a change in machine load hits both alike.  Exit status 2 when the
 compiled core cannot be imported, unless ``--allow-missing``.
 
 Usage: ``python bench/core_ratio.py [--n 100000] [--repeat 7] [--quick]``.
@@ -37,9 +38,9 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # for benchmarks._workloads
@@ -50,6 +51,7 @@ except ImportError:  # run from a source tree that was built in place
     sys.path.insert(1, str(HERE.parent))
 
 from benchmarks import _workloads  # noqa: E402
+
 from trioq import _impl  # noqa: E402
 
 TARGET_RATIO = 5.0
@@ -101,21 +103,31 @@ WORKLOADS: list[tuple[str, Prepare, Callable[[int], int], str]] = [
 ]
 
 
-def time_workload(prepare: Prepare, core: ModuleType, n: int, repeat: int) -> list[float]:
-    """Seconds for each of ``repeat`` runs on fresh state (after one warm-up run)."""
-    prepare(core, n)()  # warm-up: caches, allocator, first-call costs
-    times = []
+def _time_once(run: Callable[[], int]) -> float:
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
+
+
+def time_workload(
+    prepare: Prepare, cores: list[ModuleType], n: int, repeat: int
+) -> list[list[float]]:
+    """Seconds of each of ``repeat`` runs on fresh state, per core.
+
+    The cores take turns run by run (after one untimed warm-up each), so a
+    change in the machine's load during the measurement hits both alike.
+    """
+    for core in cores:
+        prepare(core, n)()  # warm-up: caches, allocator, first-call costs
+    times: list[list[float]] = [[] for _ in cores]
     for _ in range(repeat):
-        run = prepare(core, n)
-        gc.collect()
-        gc.disable()
-        try:
-            start = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - start
-        finally:
-            gc.enable()
-        times.append(elapsed)
+        for core, core_times in zip(cores, times, strict=True):
+            core_times.append(_time_once(prepare(core, n)))
     return times
 
 
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=7, help="timed runs per workload and core (default 7)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smoke pass: --n 2000 --repeat 3 (seconds, not minutes)"
+        "--quick", action="store_true", help="smoke pass: --n 2000 --repeat 3 (well under a second)"
     )
     parser.add_argument(
         "--allow-missing",
@@ -185,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         f"machine:  {platform.platform()}; {_cpu_model()}; {os.cpu_count()} CPUs; "
         f"{platform.python_implementation()} {platform.python_version()}"
     )
+    if hasattr(os, "getloadavg"):
+        print("load:     " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)")
     print(f"command:  {_command()}")
     print(f"compiled: {compiled.__file__ if compiled is not None else 'MISSING'}")
     print(f"twin:     {twin.__file__}")
     print(
-        f"timing:   median of {args.repeat} runs after 1 warm-up, gc off while timing, "
-        "setup untimed"
+        f"timing:   median of {args.repeat} runs after 1 warm-up, cores alternating run by run, "
+        "gc off while timing, setup untimed"
     )
     print()
     for name, _prepare, ops_for, what in WORKLOADS:
@@ -206,17 +220,22 @@ def main(argv: list[str] | None = None) -> int:
     misses = []
     for name, prepare, ops_for, _what in WORKLOADS:
         ops = ops_for(args.n)
-        twin_median = statistics.median(time_workload(prepare, twin, args.n, args.repeat))
         if compiled is not None:
-            compiled_median = statistics.median(
-                time_workload(prepare, compiled, args.n, args.repeat)
+            compiled_times, twin_times = time_workload(
+                prepare, [compiled, twin], args.n, args.repeat
             )
+            twin_median = statistics.median(twin_times)
+            compiled_median = statistics.median(compiled_times)
             ratio = twin_median / compiled_median
-            compiled_cols = f"{_fmt_time(compiled_median):>16}{_fmt_rate(ops / compiled_median):>16}"
+            compiled_cols = (
+                f"{_fmt_time(compiled_median):>16}{_fmt_rate(ops / compiled_median):>16}"
+            )
             ratio_col = f"{ratio:>6.1f}x"
             if ratio < TARGET_RATIO:
                 misses.append(f"{name} {ratio:.1f}x")
         else:
+            (twin_times,) = time_workload(prepare, [twin], args.n, args.repeat)
+            twin_median = statistics.median(twin_times)
             compiled_cols = f"{'missing':>16}{'-':>16}"
             ratio_col = f"{'-':>7}"
         print(

@@ -14,7 +14,8 @@ import enum
 import inspect
 import itertools
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,7 +30,10 @@ TWIN = _impl.python_core()
 # ``both_cores`` is a function-scoped fixture, but it only hands back two
 # modules, so sharing it between hypothesis examples is safe.
 fixture_ok = settings(
-    suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture]
+    suppress_health_check=[
+        *settings.default.suppress_health_check,
+        HealthCheck.function_scoped_fixture,
+    ]
 )
 
 U32_MAX = 2**32 - 1
@@ -70,7 +74,10 @@ def _parameters(fn: Any) -> list[tuple[str, Any, Any]] | None:
     except ValueError:  # an extension type's __init__ may not expose one
         return None
     params = [(p.name, p.kind, p.default) for p in signature.parameters.values()]
-    if [kind for _, kind, _ in params][-2:] == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]:
+    if [kind for _, kind, _ in params][-2:] == [
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    ]:
         return None
     return params
 
@@ -99,11 +106,11 @@ def test_cores_have_the_same_public_methods_and_signatures(both_cores):
         public = {m for m in vars(ours) if not m.startswith("_")}
         assert public <= set(dir(theirs)), f"{name} lacks {public - set(dir(theirs))}"
         for method in public | {"__init__"}:
-            is_property = isinstance(vars(ours).get(method), property)
-            assert isinstance(inspect.getattr_static(theirs, method), property) == is_property or (
-                is_property and type(inspect.getattr_static(theirs, method)).__name__ == "getset_descriptor"
-            ), f"{name}.{method}: a property on one side only"
-            if is_property:
+            attribute = inspect.isdatadescriptor(inspect.getattr_static(ours, method))
+            assert inspect.isdatadescriptor(inspect.getattr_static(theirs, method)) == attribute, (
+                f"{name}.{method} is an attribute on one side and a method on the other"
+            )
+            if attribute:
                 continue
             mine = _parameters(getattr(ours, method))
             other = _parameters(getattr(theirs, method))
@@ -204,7 +211,9 @@ def streams(draw) -> bytes:
     wire = b"".join(struct.pack(">IBBI", 6 + len(p), op, fl, rid) + p for op, rid, p, fl in frames)
     if kind == "valid":
         return wire
-    edits = st.tuples(st.sampled_from(["flip", "insert", "delete"]), st.integers(0, 5000), st.integers(0, 255))
+    edits = st.tuples(
+        st.sampled_from(["flip", "insert", "delete"]), st.integers(0, 5000), st.integers(0, 255)
+    )
     return mutate(wire, draw(st.lists(edits, min_size=1, max_size=5)))
 
 
@@ -213,8 +222,9 @@ def decode_trace(core, stream: bytes, cuts: list[int], kinds: list, max_frame_si
     points = [0, *sorted(set(cuts)), len(stream)]
     decoder = core.FrameDecoder(max_frame_size)
     trace: list = []
-    for i, (a, b) in enumerate(zip(points, points[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(points)):
         trace.append(outcome(decoder.feed, kinds[i % len(kinds)](stream[a:b])))
+        trace.append((decoder.buffered, decoder.broken, decoder.at_boundary()))
         while True:
             step = frame_outcome(outcome(decoder.next_frame))
             trace.append(step)
@@ -231,7 +241,10 @@ def test_decoding_twins_report_the_same_frames_and_errors_for_any_bytes(
     both_cores, stream, max_frame_size, data
 ):
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12), label="cuts")
-    kinds = data.draw(st.lists(st.sampled_from([bytes, bytearray, memoryview]), min_size=1, max_size=3), label="kinds")
+    kinds = data.draw(
+        st.lists(st.sampled_from([bytes, bytearray, memoryview]), min_size=1, max_size=3),
+        label="kinds",
+    )
     compiled, twin = both_cores
     assert decode_trace(compiled, stream, cuts, kinds, max_frame_size) == decode_trace(
         twin, stream, cuts, kinds, max_frame_size
@@ -243,7 +256,9 @@ def test_decoding_twins_report_the_same_frames_and_errors_for_any_bytes(
 def test_decoding_twins_agree_byte_by_byte(both_cores, stream):
     cuts = list(range(len(stream)))
     compiled, twin = both_cores
-    assert decode_trace(compiled, stream, cuts, [bytes], 40) == decode_trace(twin, stream, cuts, [bytes], 40)
+    assert decode_trace(compiled, stream, cuts, [bytes], 40) == decode_trace(
+        twin, stream, cuts, [bytes], 40
+    )
 
 
 @pytest.mark.parametrize(
@@ -264,7 +279,9 @@ def test_decoder_feed_type_checks_agree(both_cores, data):
 @fixture_ok
 @given(
     policy=st.sampled_from(["pull", "push", "Pull", "", None, 1, b"pull"]),
-    prefetch=st.one_of(st.integers(-2, 3), st.sampled_from([MAX_COUNT, 2**31, 2**64, 1.0, True, None])),
+    prefetch=st.one_of(
+        st.integers(-2, 3), st.sampled_from([MAX_COUNT, 2**31, 2**64, 1.0, True, None])
+    ),
 )
 def test_scheduler_constructor_twins_agree(both_cores, policy, prefetch):
     results = []
@@ -356,9 +373,15 @@ class ModelScheduler:
             raise TypeError(f"priority must be an int, got {type(priority).__name__}")
         if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise ValueError(f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority}")
+        hash(series)  # an unhashable series is refused before anything else about the key
         if key in self.tasks:
             raise ValueError(f"task {key!r} already exists")
-        self.tasks[key] = {"priority": priority, "arrival": next(self.arrivals), "series": series, "worker": None}
+        self.tasks[key] = {
+            "priority": priority,
+            "arrival": next(self.arrivals),
+            "series": series,
+            "worker": None,
+        }
 
     def cancel_task(self, key: Any) -> Any:
         task = self._task(key)
@@ -429,8 +452,8 @@ TASK_KEYS = [*range(12), "a", "b", (1, "t"), None]
 WORKER_IDS = ["w0", "w1", "w2", 0]
 SERIES = [None, "a", "b", ("s", 1)]
 
-keys = st.sampled_from(TASK_KEYS)
-worker_ids = st.sampled_from(WORKER_IDS)
+# rules pick among the keys or workers that make sense at that moment
+picks = st.integers(0, 63)
 task_series = st.one_of(st.none(), st.sampled_from(SERIES))
 worker_series = st.lists(st.sampled_from(SERIES[1:]), max_size=3)
 # mostly small and tied, so the order among equals is exercised; sometimes the extremes
@@ -439,7 +462,9 @@ priorities = st.one_of(
     st.integers(0, 2),
     st.sampled_from([MIN_PRIORITY, MIN_PRIORITY + 1, MAX_PRIORITY - 1, MAX_PRIORITY]),
 )
-new_tasks = st.lists(st.tuples(keys, priorities, task_series), min_size=1, max_size=4)
+new_tasks = st.lists(st.tuples(picks, priorities, task_series), min_size=1, max_size=4)
+# dispatch after a change, or before and after it (so a worker starves first)
+dispatching = st.sampled_from(["never", "after", "around"])
 
 # calls that must be refused the same way by all three
 REFUSED_CALLS = [
@@ -467,6 +492,8 @@ REFUSED_CALLS = [
     ("add_task", ("z", True)),
     ("add_task", ("z", None)),
     ("add_task", ("z", "1")),
+    ("add_task", ("z", 0, ["unhashable"])),
+    ("add_task", (["unhashable"],)),
     ("cancel_task", ("z",)),
     ("task_done", ("z",)),
     ("task_state", ("z",)),
@@ -474,8 +501,25 @@ REFUSED_CALLS = [
 ]
 
 
+def _has_workers(machine: SchedulerLockstep) -> bool:
+    return machine.model is not None and bool(machine.model.workers)
+
+
+def _has_tasks(machine: SchedulerLockstep) -> bool:
+    return machine.model is not None and bool(machine.model.tasks)
+
+
+def _has_running_tasks(machine: SchedulerLockstep) -> bool:
+    return machine.model is not None and machine.model.n_queued < len(machine.model.tasks)
+
+
 class SchedulerLockstep(RuleBasedStateMachine):
-    """Compiled scheduler, twin scheduler and model, fed identical calls."""
+    """Compiled scheduler, twin scheduler and model, fed identical calls.
+
+    Rules mostly pick registered workers and free task keys, so that runs
+    spend their steps handing out work; misuse has its own rule.  Every rule
+    that changes the state may dispatch after it, or before and after it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -485,14 +529,19 @@ class SchedulerLockstep(RuleBasedStateMachine):
     @initialize(
         policy=st.sampled_from(["pull", "push"]),
         prefetch=st.sampled_from([0, 1, 2, MAX_COUNT]),
-        workers=st.lists(st.tuples(st.integers(1, 3), worker_series), min_size=1, max_size=3),
+        workers=st.lists(
+            st.tuples(st.integers(1, 3), worker_series, st.integers(1, 3)), min_size=1, max_size=3
+        ),
     )
     def create(self, policy: str, prefetch: int, workers: list) -> None:
         self.compiled = self.compiled_core.PriorityScheduler(policy, prefetch)
         self.twin = self.twin_core.PriorityScheduler(policy, prefetch)
         self.model = ModelScheduler(policy, prefetch)
-        for worker, (slots, series) in zip(WORKER_IDS, workers):
+        for worker, (slots, series, demand) in zip(WORKER_IDS, workers, strict=False):
             self.same("add_worker", worker, slots, series)
+            self.same("request_work", worker, demand)
+
+    # -- helpers -------------------------------------------------------------
 
     def same(self, method: str, *args: Any, model: str | None = None) -> tuple:
         """Call ``method`` on all three; all must return or raise alike."""
@@ -504,62 +553,109 @@ class SchedulerLockstep(RuleBasedStateMachine):
             assert twin == expected, f"{method}{args!r}: cores {twin!r} != model {expected!r}"
         return twin
 
+    def dispatch_if(self, wanted: bool) -> None:
+        if wanted:
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        result = self.same("assignments", model="skip")
+        assert result[0] == "ok"
+        self.model.accept_assignments(result[1])
+
+    def a_worker(self, pick: int) -> Any:
+        workers = list(self.model.workers)
+        return workers[pick % len(workers)]
+
+    def a_task(self, pick: int, running_only: bool = False) -> Any:
+        tasks = [
+            k for k, t in self.model.tasks.items() if not running_only or t["worker"] is not None
+        ]
+        return tasks[pick % len(tasks)]
+
     def running(self) -> list:
         return [k for k, t in self.model.tasks.items() if t["worker"] is not None]
 
-    @rule(worker=worker_ids, slots=st.integers(1, 3), series=worker_series)
-    def add_worker(self, worker: Any, slots: int, series: list) -> None:
+    # -- rules -----------------------------------------------------------------
+
+    @precondition(lambda self: self.model is not None and len(self.model.workers) < len(WORKER_IDS))
+    @rule(pick=picks, slots=st.integers(1, 3), series=worker_series, demand=st.integers(0, 3))
+    def add_worker(self, pick: int, slots: int, series: list, demand: int) -> None:
+        free = [w for w in WORKER_IDS if w not in self.model.workers]
+        worker = free[pick % len(free)]
         self.same("add_worker", worker, slots, series)
+        if demand:
+            self.same("request_work", worker, demand)
 
-    @rule(worker=worker_ids, requeue=st.booleans())
-    def remove_worker(self, worker: Any, requeue: bool) -> None:
-        self.same("remove_worker", worker, requeue)
+    @precondition(_has_workers)
+    @rule(pick=picks)
+    def add_worker_twice(self, pick: int) -> None:
+        assert self.same("add_worker", self.a_worker(pick))[0] == "raised"
 
-    @rule(worker=worker_ids, series=task_series)
-    def qualify_worker(self, worker: Any, series: Any) -> None:
-        self.same("qualify_worker", worker, series)
+    @precondition(_has_workers)
+    @rule(pick=picks, requeue=st.booleans(), dispatch=dispatching)
+    def remove_worker(self, pick: int, requeue: bool, dispatch: str) -> None:
+        self.dispatch_if(dispatch == "around")
+        self.same("remove_worker", self.a_worker(pick), requeue)
+        self.dispatch_if(dispatch != "never")
 
-    @rule(worker=worker_ids, series=task_series)
-    def disqualify_worker(self, worker: Any, series: Any) -> None:
-        self.same("disqualify_worker", worker, series)
+    @precondition(_has_workers)
+    @rule(pick=picks, series=task_series, qualify=st.booleans(), dispatch=dispatching)
+    def change_qualification(self, pick: int, series: Any, qualify: bool, dispatch: str) -> None:
+        self.dispatch_if(dispatch == "around")
+        self.same("qualify_worker" if qualify else "disqualify_worker", self.a_worker(pick), series)
+        self.dispatch_if(dispatch != "never")
 
-    @rule(worker=worker_ids, count=st.one_of(st.integers(1, 3), st.just(MAX_COUNT)))
-    def request_work(self, worker: Any, count: int) -> None:
-        self.same("request_work", worker, count)
+    @precondition(_has_workers)
+    @rule(
+        pick=picks,
+        counts=st.lists(st.one_of(st.integers(1, 3), st.just(MAX_COUNT)), min_size=1, max_size=3),
+        dispatch=dispatching,
+    )
+    def request_work(self, pick: int, counts: list, dispatch: str) -> None:
+        self.dispatch_if(dispatch == "around")
+        for count in counts:
+            self.same("request_work", self.a_worker(pick), count)
+        self.dispatch_if(dispatch != "never")
 
-    @rule(tasks=new_tasks)
-    def add_tasks(self, tasks: list) -> None:
-        for key, priority, series in tasks:
-            self.same("add_task", key, priority, series)
+    @rule(tasks=new_tasks, dispatch=dispatching)
+    def add_tasks(self, tasks: list, dispatch: str) -> None:
+        self.dispatch_if(dispatch == "around")
+        for pick, priority, series in tasks:
+            free = [k for k in TASK_KEYS if k not in self.model.tasks] or TASK_KEYS
+            self.same("add_task", free[pick % len(free)], priority, series)
+        self.dispatch_if(dispatch != "never")
 
-    @rule(key=keys)
-    def cancel_task(self, key: Any) -> None:
-        self.same("cancel_task", key)
+    @precondition(_has_tasks)
+    @rule(pick=picks, priority=priorities, series=st.sampled_from([None, "a", ["unhashable"]]))
+    def add_task_twice(self, pick: int, priority: int, series: Any) -> None:
+        assert self.same("add_task", self.a_task(pick), priority, series)[0] == "raised"
 
-    @rule(key=keys)
-    def task_done(self, key: Any) -> None:
-        self.same("task_done", key)
+    @precondition(_has_tasks)
+    @rule(pick=picks, done=st.booleans(), dispatch=dispatching)
+    def end_a_task(self, pick: int, done: bool, dispatch: str) -> None:
+        self.dispatch_if(dispatch == "around")
+        self.same("task_done" if done else "cancel_task", self.a_task(pick))
+        self.dispatch_if(dispatch != "never")
 
-    @precondition(lambda self: self.model is not None and self.model.n_queued < len(self.model.tasks))
-    @rule(pick=st.integers(0, len(TASK_KEYS)), cancel=st.booleans())
-    def end_a_running_task(self, pick: int, cancel: bool) -> None:
-        running = self.running()
-        self.same("cancel_task" if cancel else "task_done", running[pick % len(running)])
+    @precondition(_has_running_tasks)
+    @rule(pick=picks, done=st.booleans(), dispatch=dispatching)
+    def end_a_running_task(self, pick: int, done: bool, dispatch: str) -> None:
+        self.dispatch_if(dispatch == "around")
+        self.same("task_done" if done else "cancel_task", self.a_task(pick, running_only=True))
+        self.dispatch_if(dispatch != "never")
 
     @rule(call=st.sampled_from(REFUSED_CALLS))
     def refused_call(self, call: tuple) -> None:
         method, args = call
         assert self.same(method, *args)[0] == "raised"
 
-    @rule()
-    def assignments(self) -> None:
-        result = self.same("assignments", model="skip")
-        assert result[0] == "ok"
-        self.model.accept_assignments(result[1])
+    @rule(finish=st.integers(0, 3))
+    def dispatch_then_finish_some(self, finish: int) -> None:
+        self.dispatch()
+        for key in self.running()[:finish]:
+            self.same("task_done", key)
 
-    @rule()
-    def assignments_again(self) -> None:
-        self.assignments()
+    # -- invariant ---------------------------------------------------------------
 
     @invariant()
     def cores_are_valid_and_agree_with_the_model(self) -> None:
@@ -572,7 +668,10 @@ class SchedulerLockstep(RuleBasedStateMachine):
         assert len(self.twin) == len(self.model.tasks)
         queued = self.model.n_queued
         for core_side in (self.compiled, self.twin):
-            assert (core_side.n_queued, core_side.n_assigned) == (queued, len(self.model.tasks) - queued)
+            assert (core_side.n_queued, core_side.n_assigned) == (
+                queued,
+                len(self.model.tasks) - queued,
+            )
         for worker in WORKER_IDS:
             self.same("worker_tasks", worker)
         for key in TASK_KEYS:

@@ -33,6 +33,7 @@ from ._messages import (
     Ack,
     Cancel,
     CreditNotice,
+    CreditReturn,
     ErrorNotice,
     ErrorReply,
     Message,
@@ -222,8 +223,9 @@ class Client:
         If the wait is cancelled: ``abandon`` forgets the answer; ``withdraw``
         asks the scheduler to drop the parked request and hands any answer
         that still comes to ``late``; ``outcome`` withdraws too but waits
-        (shielded) for the verdict, returning the answer if the request had
-        already been carried out, so the caller always knows what happened.
+        (shielded, until the answer or the connection's end) for the verdict,
+        returning the answer if the request had already been carried out, so
+        the caller always knows what happened.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         request_id = self._send_request(message)
@@ -325,8 +327,10 @@ class Client:
     def _on_notice(self, notice: Message) -> None:
         if isinstance(notice, CreditNotice):
             link = self._queue_links.get(notice.queue)
-            if link is not None:
-                link.on_credit(notice.credit, notice.reset)
+            unused = 0 if link is None else link.on_credit(notice.credit, notice.action)
+            if notice.action == "revoke" and not self._connection.is_broken:
+                answer = CreditReturn(notice.queue, notice.credit, unused or 0)
+                self._connection.send(Op.CREDIT_RETURN, 0, encode_message(answer))
         elif isinstance(notice, ErrorNotice):
             link = self._queue_links.get(notice.queue)
             if link is not None:

@@ -140,9 +140,10 @@ async def demo_queue(n_items: int) -> None:
     maxsize = 100
     async with open_cluster() as cluster:
         print(f"  scheduler on {cluster.address}")
-        async with connect(cluster.address, name="producer") as producer, connect(
-            cluster.address, name="consumer"
-        ) as consumer:
+        async with (
+            connect(cluster.address, name="producer") as producer,
+            connect(cluster.address, name="consumer") as consumer,
+        ):
             received: list[int] = []
             most_waiting = 0
 

@@ -42,6 +42,7 @@ __all__ = [
     "Ack",
     "Ok",
     "CreditNotice",
+    "CreditReturn",
     "ErrorNotice",
     "decode_notice",
     "QueueOpen",
@@ -88,6 +89,7 @@ class Op(enum.IntEnum):
     QUEUE_DELETE = 25
     ENDPOINT_OPEN = 26
     ENDPOINT_CLOSE = 27
+    CREDIT_RETURN = 28
     # variables
     VARIABLE_SET = 40
     VARIABLE_GET = 41
@@ -264,17 +266,18 @@ class Ok(Message):
 @_message
 @dataclasses.dataclass(frozen=True, slots=True)
 class CreditNotice(Message):
-    """Unsolicited: adjust this connection's put credit on ``queue``.
+    """Unsolicited: about this connection's put credit on ``queue``.
 
-    ``credit`` is added (it is negative when credit is taken back); with
-    ``reset`` the credit becomes exactly ``credit`` and stops being unlimited
-    (the queue refuses puts now: ask, do not assume).
+    ``action`` "grant": add ``credit``.  "revoke": stop using credit and
+    send back what is left with ``CreditReturn``, quoting ``credit``, which
+    here numbers the revocation.  "stop": the queue refuses puts now; drop
+    all credit (unlimited included) and ask each time.
     """
 
     OP = Op.CREDIT
     queue: str
     credit: int
-    reset: bool
+    action: str
 
 
 @_message
@@ -318,7 +321,7 @@ class QueueInfo(Message):
     """Reply to ``QueueOpen``: the queue's real maxsize.
 
     A queue with ``maxsize`` 0 is unbounded: puts to it never need credit.
-    Bounded queues grant credit only to connections that put (``PutDone``).
+    Bounded queues grant credit only to connections that put.
     """
 
     maxsize: int
@@ -344,8 +347,26 @@ class QueuePut(Message):
 @_message
 @dataclasses.dataclass(frozen=True, slots=True)
 class PutDone(Message):
-    """Reply to ``QueuePut``: the items are in the queue; more credit granted."""
+    """Reply to ``QueuePut``: the items are in the queue.
 
+    Credit never rides on a reply: every grant and revocation is a
+    ``CreditNotice``, applied by the client's reader in arrival order, so
+    both sides always agree on what the client holds.
+    """
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreditReturn(Message):
+    """Answer to a "revoke" ``CreditNotice`` number ``revocation``.
+
+    ``credit`` is what this client had left unused; every credited put it
+    sent before this message has already reached the scheduler.
+    """
+
+    OP = Op.CREDIT_RETURN
+    queue: str
+    revocation: int
     credit: int
 
 

@@ -9,11 +9,12 @@ Rules (the cancellation contract of DESIGN.md):
   connection and the scheduler has reserved room for it.  Without credit
   the put parks in the scheduler; a cancelled one is withdrawn and its
   verdict awaited before returning.
-* A ``get`` either took nothing, or its items reach this client's next
-  ``get`` on that queue: an answer that arrives after the caller was
-  cancelled goes to the handle's local buffer.  Items leased to this
-  client and not yet handed to a caller return to the queue if the client
-  goes away.
+* A ``get`` either took nothing, or returns its items: a cancelled get
+  that waits in the scheduler is withdrawn and its verdict awaited (one
+  round trip, shielded); if items had already been sent, the get returns
+  them and the cancellation takes effect at the caller's next checkpoint.
+  Items leased to this client and not yet handed to a caller (prefetched
+  extras) return to the queue if the client goes away.
 * ``*_nowait`` methods are ``async``: they never wait for room or for an
   item, but may need one round trip to ask the scheduler (a plain method
   could only answer from local state and would report ``WouldBlock`` for a
@@ -73,12 +74,17 @@ class _Link:
         self.maxsize = maxsize
         self.unlimited = maxsize == 0
 
-    def on_credit(self, credit: int, reset: bool) -> None:
-        if reset:
-            self.credit = credit
-            self.unlimited = False
-        else:
+    def on_credit(self, credit: int, action: str) -> int | None:
+        """Apply a credit notice; returns the credit to send back, if asked."""
+        if action == "grant":
             self.credit += credit
+        elif action == "revoke":
+            unused, self.credit = self.credit, 0
+            return unused
+        else:  # "stop"
+            self.credit = 0
+            self.unlimited = False
+        return None
 
 
 def _check_count(name: str, value: object, minimum: int) -> int:
@@ -175,10 +181,9 @@ class Queue:
             self._client._send_oneway(QueuePut(link.name, data, True, True))
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        reply = await self._client._request(
+        await self._client._request(
             QueuePut(link.name, data, False, wait), PutDone, on_cancel="outcome"
         )
-        link.credit += reply.credit
 
     # -- getting -------------------------------------------------------------------
 
@@ -218,8 +223,7 @@ class Queue:
             reply = await self._client._request(
                 QueueGet(link.name, max(n, self._prefetch), wait),
                 Items,
-                on_cancel="withdraw",
-                late=self._on_late_items,
+                on_cancel="outcome",
             )
             leased = list(enumerate(reply.items, reply.first_lease))
             taken, extra = leased[:n], leased[n:]
@@ -288,16 +292,6 @@ class Queue:
             self._link.error = exc
             return
         self._link.on_info(info.maxsize)
-
-    def _on_late_items(self, pending: _Pending) -> None:
-        """A cancelled get's answer arrived anyway: keep its items for the next get."""
-        if pending.op == 0:
-            return
-        try:
-            reply = self._client._result(pending, Items)
-        except BaseException:
-            return  # withdrawn or failed: nothing was taken
-        self._link.buffer.extend(enumerate(reply.items, reply.first_lease))
 
 
 class QueueSendChannel(trio.abc.SendChannel[Any]):

@@ -26,10 +26,15 @@ from typing import Any
 import trio
 
 from ._auth import generate_token
-from ._exceptions import AuthenticationError, ProtocolError, RemoteProtocolError
+from ._exceptions import (
+    AuthenticationError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from ._impl import core
 from ._messages import ErrorReply, Op, decode_request, encode_message
-from ._state import Fail, Notice, Reply, SchedulerState
+from ._state import REPLY_OVERHEAD, Fail, Notice, Reply, SchedulerState
 from ._transport import FramedConnection
 
 __all__ = ["Scheduler", "is_loopback"]
@@ -72,8 +77,10 @@ class Scheduler:
         self.host = host
         self.port = port
         self.token = token if token is not None else generate_token()
+        if max_frame_size < 2 * REPLY_OVERHEAD:
+            raise ValueError(f"max_frame_size must be at least {2 * REPLY_OVERHEAD} bytes")
         self.max_frame_size = max_frame_size
-        self.state = SchedulerState()
+        self.state = SchedulerState(max_item_bytes=max_frame_size - REPLY_OVERHEAD)
         self.address: str | None = None
         self._connections: dict[int, FramedConnection] = {}
         self._next_conn = 1
@@ -170,5 +177,12 @@ class Scheduler:
             request_id = instruction.request_id
         else:
             op, payload = instruction.message.OP, encode_message(instruction.message)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        try:
             connection.send(op, request_id, payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # its disconnect returns whatever was leased to it
+        except LocalProtocolError as exc:  # an answer too big for a frame: say so instead
+            log.error("answer to client %d does not fit in a frame: %s", instruction.conn, exc)
+            error = encode_message(ErrorReply("ProtocolError", f"answer too large: {exc}"))
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                connection.send(Op.ERROR, request_id, error)

@@ -34,6 +34,7 @@ from ._messages import (
     Cancel,
     Count,
     CreditNotice,
+    CreditReturn,
     EndpointClose,
     EndpointOpen,
     ErrorNotice,
@@ -56,9 +57,11 @@ from ._messages import (
     VariableSet,
 )
 
-__all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW"]
+__all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW", "REPLY_OVERHEAD"]
 
 CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
+REPLY_OVERHEAD = 1024  # bytes of a frame kept for the envelope around items
+DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024 - REPLY_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +109,10 @@ class _Queue:
     items: deque[bytes] = field(default_factory=deque)
     getters: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, rid) -> max
     putters: dict[tuple[int, int], list[bytes]] = field(default_factory=dict)
-    reserved: dict[int, int] = field(default_factory=dict)  # conn -> put credit (< 0: debt)
-    reserved_total: int = 0  # sum of the positive holdings
+    reserved: dict[int, int] = field(default_factory=dict)  # conn -> put credit (> 0)
+    reserved_total: int = 0
     openers: set[int] = field(default_factory=set)  # connections that opened it
+    revoking: dict[int, int] = field(default_factory=dict)  # conn -> revocation number
     leased: int = 0
     senders: int = 0
     receivers: int = 0
@@ -133,8 +137,12 @@ class _Conn:
 class SchedulerState:
     """All named state of one scheduler, driven by requests from connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> None:
+        #: Largest value accepted; answers carrying items stay under it too,
+        #: so they always fit in a frame.
+        self.max_item_bytes = max_item_bytes
         self._queues: dict[str, _Queue] = {}
+        self._revocations = 0  # numbers each credit revocation
         self._variables: dict[str, bytes] = {}
         self._var_waiters: dict[str, dict[tuple[int, int], None]] = {}
         self._conns: dict[int, _Conn] = {}
@@ -151,11 +159,13 @@ class SchedulerState:
         """A connection is gone: return its leases, release its credit and endpoints."""
         state = self._conns.pop(conn)
         out: Out = []
-        for rid, (kind, name) in state.parked.items():
-            self._unpark(conn, rid, kind, name)
         touched = self._restore_leases(state.leases)
+        for rid, (kind, name) in state.parked.items():
+            if self._unpark(conn, rid, kind, name) is not None:
+                touched.add(name)
         for queue in self._queues.values():
             queue.openers.discard(conn)
+            queue.revoking.pop(conn, None)
             if queue.reserved.get(conn, 0):
                 self._set_held(queue, conn, 0)
                 touched.add(queue.name)
@@ -223,11 +233,16 @@ class SchedulerState:
                 "ClosedResourceError", f"queue {msg.queue!r} was closed by its last send endpoint"
             )
         n = len(msg.items)
+        largest = max(map(len, msg.items), default=0)
+        if largest > self.max_item_bytes:
+            raise StateError(
+                "ValueError",
+                f"an item of {largest} bytes is over this scheduler's limit of "
+                f"{self.max_item_bytes} bytes",
+            )
         if queue.maxsize and msg.credited:
-            # Credit taken back while this put was under way becomes debt,
-            # repaid before any new grant; more than a window of it is misuse.
             held = queue.reserved.get(conn, 0)
-            if held - n < -self._window(queue):
+            if held < n:
                 raise StateError("ProtocolError", f"put of {n} items with only {held} credit")
             self._set_held(queue, conn, held - n)
         elif queue.maxsize and not msg.credited:
@@ -238,23 +253,21 @@ class SchedulerState:
                     f"(maxsize {queue.maxsize})",
                 )
             if queue.room() < n and queue.reserved_total:
-                # Credit is a promise of room, not room in use: take it back from
-                # every holder (each is told first) before making anyone wait.  The
-                # asker's own credit is among it: it had not reached it yet.
+                # Credit is a promise of room, not room in use: ask every holder to
+                # return what it has not used (the asker's own credit is among it:
+                # it had not reached it yet).  The room frees as the returns arrive.
                 self._revoke_credit(queue, out)
             if queue.putters or queue.room() < n:
                 if not msg.wait:
                     raise StateError("WouldBlock", f"queue {msg.queue!r} is full")
+                self._park(conn, rid, "put", msg.queue)
                 queue.putters[(conn, rid)] = msg.items
-                self._conns[conn].parked[rid] = ("put", msg.queue)
                 return
         queue.items.extend(msg.items)
+        if rid or queue.reserved.get(conn, 0) <= self._window(queue) // 2:
+            self._offer_credit(queue, conn, out)  # top up before the producer runs dry
         if rid:
-            out.append(Reply(conn, rid, PutDone(self._grant(queue, conn))))
-        elif queue.maxsize and queue.reserved.get(conn, 0) <= self._window(queue) // 2:
-            grant = self._grant(queue, conn)  # top up before the producer runs dry
-            if grant:
-                out.append(Notice(conn, CreditNotice(queue.name, grant, False)))
+            out.append(Reply(conn, rid, PutDone()))
         self._feed_getters(queue, out)
 
     def _on_queue_get(self, conn: int, rid: int, msg: QueueGet, out: Out) -> None:
@@ -269,8 +282,8 @@ class SchedulerState:
         elif not msg.wait:
             raise StateError("WouldBlock", f"queue {msg.queue!r} is empty")
         else:
+            self._park(conn, rid, "get", msg.queue)
             queue.getters[(conn, rid)] = msg.max_items
-            self._conns[conn].parked[rid] = ("get", msg.queue)
 
     def _on_ack(self, conn: int, rid: int, msg: Ack, out: Out) -> None:
         leases = self._conns[conn].leases
@@ -338,10 +351,18 @@ class SchedulerState:
     def _on_cancel(self, conn: int, rid: int, msg: Cancel, out: Out) -> None:
         parked = self._conns[conn].parked.pop(msg.request_id, None)
         if parked is not None:  # otherwise it was answered already: nothing to do
-            self._unpark(conn, msg.request_id, *parked)
             out.append(Fail(conn, msg.request_id, "Cancelled", "withdrawn"))
+            queue = self._unpark(conn, msg.request_id, *parked)
+            if queue is not None:
+                self._settle(queue, out)  # a put that blocked others is gone
 
     def _on_variable_set(self, conn: int, rid: int, msg: VariableSet, out: Out) -> None:
+        if len(msg.value) > self.max_item_bytes:
+            raise StateError(
+                "ValueError",
+                f"a value of {len(msg.value)} bytes is over this scheduler's limit of "
+                f"{self.max_item_bytes} bytes",
+            )
         self._variables[msg.name] = msg.value
         for owner, request in self._var_waiters.pop(msg.name, {}):
             self._conns[owner].parked.pop(request, None)
@@ -355,12 +376,22 @@ class SchedulerState:
         elif not msg.wait:
             raise StateError("LookupError", f"variable {msg.name!r} is not set")
         else:
+            self._park(conn, rid, "variable", msg.name)
             self._var_waiters.setdefault(msg.name, {})[(conn, rid)] = None
-            self._conns[conn].parked[rid] = ("variable", msg.name)
 
     def _on_variable_delete(self, conn: int, rid: int, msg: VariableDelete, out: Out) -> None:
         self._variables.pop(msg.name, None)
         out.append(Reply(conn, rid, Ok()))
+
+    def _on_credit_return(self, conn: int, rid: int, msg: CreditReturn, out: Out) -> None:
+        queue = self._queues.get(msg.queue)
+        if queue is not None and queue.revoking.get(conn) == msg.revocation:
+            # Every credited put sent before the return has arrived: what is
+            # left of this connection's credit is unused, and becomes room.  (A
+            # return answering an older revocation is stale: credit granted
+            # since may be in use.)
+            self._set_held(queue, conn, 0)
+            self._settle(queue, out)
 
     def _on_status(self, conn: int, rid: int, msg: Status, out: Out) -> None:
         out.append(Reply(conn, rid, StatusReport(self.status())))
@@ -380,6 +411,7 @@ class SchedulerState:
         VariableGet: _on_variable_get,
         VariableDelete: _on_variable_delete,
         Status: _on_status,
+        CreditReturn: _on_credit_return,
     }
 
     # -- mechanics -----------------------------------------------------------------
@@ -392,6 +424,8 @@ class SchedulerState:
         """
         if not queue.maxsize or queue.putters or queue.closed or queue.broken:
             return 0
+        if conn in queue.revoking:
+            return 0
         held = queue.reserved.get(conn, 0)
         grant = min(self._window(queue) - held, queue.room())
         if grant <= 0:
@@ -399,28 +433,41 @@ class SchedulerState:
         self._set_held(queue, conn, held + grant)
         return grant
 
+    def _offer_credit(self, queue: _Queue, conn: int, out: Out) -> None:
+        """Grant what ``_grant`` allows, as a notice (before any reply it goes with)."""
+        grant = self._grant(queue, conn)
+        if grant:
+            out.append(Notice(conn, CreditNotice(queue.name, grant, "grant")))
+
     @staticmethod
     def _set_held(queue: _Queue, conn: int, held: int) -> None:
-        before = queue.reserved.get(conn, 0)
-        queue.reserved_total += max(held, 0) - max(before, 0)
+        queue.reserved_total += held - queue.reserved.get(conn, 0)
         if held:
             queue.reserved[conn] = held
         else:
             queue.reserved.pop(conn, None)
+            queue.revoking.pop(conn, None)
 
     def _revoke_credit(self, queue: _Queue, out: Out) -> None:
-        """Take back every positive holding; puts already under way become debt."""
-        for conn, held in list(queue.reserved.items()):
-            if held > 0:
-                self._set_held(queue, conn, 0)
-                out.append(Notice(conn, CreditNotice(queue.name, -held, False)))
+        """Ask every holder to return its credit (``CreditReturn``).
+
+        Until a holder's return arrives its credit still counts against the
+        room, because credited puts it sent before seeing the request may be
+        on their way: the queue never holds more than ``maxsize``.
+        """
+        for conn, held in queue.reserved.items():
+            if held > 0 and conn not in queue.revoking:
+                self._revocations += 1
+                queue.revoking[conn] = self._revocations
+                out.append(Notice(conn, CreditNotice(queue.name, self._revocations, "revoke")))
 
     def _stop_credit(self, queue: _Queue, out: Out) -> None:
         """The queue refuses puts from now on: every opener must ask, not assume."""
         queue.reserved.clear()
         queue.reserved_total = 0
+        queue.revoking.clear()
         for conn in queue.openers:
-            out.append(Notice(conn, CreditNotice(queue.name, 0, True)))
+            out.append(Notice(conn, CreditNotice(queue.name, 0, "stop")))
 
     @staticmethod
     def _window(queue: _Queue) -> int:
@@ -428,9 +475,14 @@ class SchedulerState:
 
     def _deliver(self, queue: _Queue, conn: int, rid: int, max_items: int, out: Out) -> None:
         state = self._conns[conn]
-        n = min(max_items, len(queue.items))
+        budget = self.max_item_bytes  # one answer must fit in one frame
+        items = [queue.items.popleft()]
+        size = len(items[0])
+        while len(items) < max_items and queue.items and size + len(queue.items[0]) <= budget:
+            size += len(queue.items[0])
+            items.append(queue.items.popleft())
+        n = len(items)
         first = state.next_lease
-        items = [queue.items.popleft() for _ in range(n)]
         for offset, item in enumerate(items):
             state.leases[first + offset] = (queue, item)
         state.next_lease = first + n
@@ -455,7 +507,8 @@ class SchedulerState:
             del queue.putters[(conn, rid)]
             self._conns[conn].parked.pop(rid, None)
             queue.items.extend(items)
-            out.append(Reply(conn, rid, PutDone(self._grant(queue, conn))))
+            self._offer_credit(queue, conn, out)
+            out.append(Reply(conn, rid, PutDone()))
         self._feed_getters(queue, out)
 
     def _settle(self, queue: _Queue, out: Out) -> None:
@@ -493,21 +546,29 @@ class SchedulerState:
                     out.append(Fail(conn, rid, "BrokenResourceError", text))
                 queue.putters.clear()
 
-    def _unpark(self, conn: int, rid: int, kind: str, name: str) -> None:
-        if kind == "get":
-            queue = self._queues.get(name)
-            if queue is not None:
-                queue.getters.pop((conn, rid), None)
-        elif kind == "put":
-            queue = self._queues.get(name)
-            if queue is not None:
-                queue.putters.pop((conn, rid), None)
-        else:
+    def _park(self, conn: int, rid: int, kind: str, name: str) -> None:
+        """Record a waiting request; its id must be fresh, so it answers once."""
+        parked = self._conns[conn].parked
+        if not rid:
+            raise StateError("ProtocolError", "a request that may wait needs a request id")
+        if rid in parked:
+            raise StateError("ProtocolError", f"request id {rid} is already waiting")
+        parked[rid] = (kind, name)
+
+    def _unpark(self, conn: int, rid: int, kind: str, name: str) -> _Queue | None:
+        """Forget a waiting request; returns its queue, if it was a queue's."""
+        if kind == "variable":
             waiters = self._var_waiters.get(name)
             if waiters is not None:
                 waiters.pop((conn, rid), None)
                 if not waiters:
                     del self._var_waiters[name]
+            return None
+        queue = self._queues.get(name)
+        if queue is not None:
+            waiting = queue.getters if kind == "get" else queue.putters
+            waiting.pop((conn, rid), None)
+        return queue
 
     def _restore_leases(self, leases: dict[int, tuple[_Queue, bytes]]) -> set[str]:
         """Put leased items back at the head of their queues, oldest lease first.
@@ -564,10 +625,14 @@ class SchedulerState:
                     assert (conn, rid) in self._var_waiters[name], "parked read is lost"
         for queue in self._queues.values():
             assert queue.leased == leased.get(id(queue), 0), "lease count is wrong"
-            positive = sum(held for held in queue.reserved.values() if held > 0)
-            assert queue.reserved_total == positive, "credit sum is wrong"
-            assert all(held >= -self._window(queue) for held in queue.reserved.values()), "debt"
+            assert queue.reserved_total == sum(queue.reserved.values()), "credit sum is wrong"
+            assert all(held > 0 for held in queue.reserved.values()), "empty or negative credit"
             assert set(queue.reserved) <= set(self._conns), "credit held by a gone client"
+            assert set(queue.revoking) <= set(queue.reserved), "revoking credit nobody holds"
+            if queue.maxsize:
+                assert len(queue.items) + queue.leased + queue.reserved_total <= max(
+                    queue.maxsize, len(queue.items) + queue.leased
+                ), "credit beyond the room"
             assert not (queue.items and queue.getters), "items wait while getters wait"
             assert queue.senders >= 0 and queue.receivers >= 0, "negative endpoint count"
             for conn, rid in [*queue.getters, *queue.putters]:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from types import ModuleType
-from typing import Callable
 
 __all__ = [
     "OP",
@@ -37,9 +37,7 @@ OP = 7  # an arbitrary op code; the codec treats all alike
 # Mixed priorities, most tasks at the default: drawn once so every run and
 # both cores see the same sequence.  Indexed by ``key & 1023``.
 _rng = random.Random(20240601)
-PRIORITIES: list[int] = [
-    _rng.choice((0, 0, 0, 0, 0, 1, 1, 2, 5, -1, -3)) for _ in range(1024)
-]
+PRIORITIES: list[int] = [_rng.choice((0, 0, 0, 0, 0, 1, 1, 2, 5, -1, -3)) for _ in range(1024)]
 del _rng
 
 

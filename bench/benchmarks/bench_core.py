@@ -13,6 +13,7 @@ Sizes here are smaller than the script's, to keep a full asv run short.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import ClassVar
 
 from trioq import _impl
 
@@ -40,8 +41,8 @@ def load_core(implementation: str) -> ModuleType:
 class Encode:
     """``FrameEncoder.write`` of 10,000 frames with 16-byte payloads, ``take()`` every 256."""
 
-    params = [IMPLEMENTATIONS]
-    param_names = ["implementation"]
+    params: ClassVar[list[list[str]]] = [IMPLEMENTATIONS]
+    param_names: ClassVar[list[str]] = ["implementation"]
 
     def setup(self, implementation: str) -> None:
         core = load_core(implementation)
@@ -67,8 +68,8 @@ class Decode:
     (frames straddle chunk boundaries).
     """
 
-    params = [IMPLEMENTATIONS, ["whole", "4KiB"]]
-    param_names = ["implementation", "chunking"]
+    params: ClassVar[list[list[str]]] = [IMPLEMENTATIONS, ["whole", "4KiB"]]
+    param_names: ClassVar[list[str]] = ["implementation", "chunking"]
 
     def setup(self, implementation: str, chunking: str) -> None:
         core = load_core(implementation)
@@ -88,8 +89,8 @@ class Schedule:
     ``assignments()`` / ``task_done`` until none is left.
     """
 
-    params = [IMPLEMENTATIONS, ["pull", "push"]]
-    param_names = ["implementation", "policy"]
+    params: ClassVar[list[list[str]]] = [IMPLEMENTATIONS, ["pull", "push"]]
+    param_names: ClassVar[list[str]] = ["implementation", "policy"]
 
     def setup(self, implementation: str, policy: str) -> None:
         core = load_core(implementation)
