@@ -38,6 +38,7 @@ from ._messages import (
     ErrorReply,
     Message,
     Op,
+    QueuePut,
     Status,
     StatusReport,
     decode_notice,
@@ -45,6 +46,7 @@ from ._messages import (
     encode_message,
 )
 from ._pickling import full_serializer
+from ._state import REPLY_OVERHEAD
 from ._transport import FramedConnection
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ _ERRORS: dict[str, type[BaseException]] = {
 _LOCAL_TOKENS: dict[str, str] = {}
 ACK_BATCH = 32  # acknowledgements that are sent at once ...
 ACK_DELAY = 0.002  # ... or after this many seconds, whichever comes first
+PUT_BATCH_BYTES = 64 * 1024  # gathered credited puts are written at this size
 CLOSE_TIMEOUT = 5.0  # seconds a closing client waits for the scheduler to finish
 
 
@@ -134,7 +137,12 @@ class Client:
         self._done = trio.Event()  # set when run() has ended
         self._serializer = full_serializer()
         self._queue_links: dict[str, Any] = {}
-        connection.before_flush = self._flush_acks
+        self._max_batch_bytes = connection.max_frame_size - REPLY_OVERHEAD
+        self._batch_queue = ""  # the queue of the credited puts gathered below
+        self._batch_items: list[bytes] = []
+        self._batch_bytes = 0
+        connection.before_flush = self._flush_pending
+        connection.pending_bytes = lambda: self._batch_bytes
 
     # -- public ------------------------------------------------------------------
 
@@ -170,7 +178,7 @@ class Client:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        self._flush_acks()
+        self._flush_pending()
         self._closed = True
         self._connection.start_closing()
         with trio.CancelScope(shield=True):
@@ -193,7 +201,7 @@ class Client:
     ) -> int:
         """Send ``message`` without waiting; ``late`` (if given) gets its answer."""
         self._check_usable()
-        self._flush_acks()
+        self._flush_pending()
         request_id = self._next_request
         while request_id in self._pending or request_id == 0:
             request_id = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
@@ -207,8 +215,35 @@ class Client:
     def _send_oneway(self, message: Message) -> None:
         """Send ``message`` with request id 0: no answer; failures come as notices."""
         self._check_usable()
-        self._flush_acks()
+        self._flush_pending()
         self._connection.send(message.OP, 0, encode_message(message))
+
+    def _put_credited(self, queue: str, items: list[bytes]) -> None:
+        """A put paid with credit: one-way, gathered with the puts just before it.
+
+        Consecutive credited puts to one queue leave as one ``QueuePut``, so a
+        producer putting items one by one costs the scheduler one message per
+        write, not one per item.  Anything else sent flushes the gathered puts
+        first, so the scheduler still sees this client's requests in order.
+        Raises ``LocalProtocolError`` (nothing is put) for an item too large
+        for a frame.
+        """
+        self._check_usable()
+        size = sum(map(len, items))
+        if size > self._max_batch_bytes:
+            raise LocalProtocolError(
+                f"{size} bytes of items do not fit in one frame "
+                f"(max_frame_size leaves room for {self._max_batch_bytes} bytes of items)"
+            )
+        if queue != self._batch_queue or self._batch_bytes + size > self._max_batch_bytes:
+            self._flush_pending()
+            self._batch_queue = queue
+        self._batch_items.extend(items)
+        self._batch_bytes += size
+        if self._batch_bytes >= PUT_BATCH_BYTES:
+            self._flush_pending()
+        else:
+            self._connection.wake_writer()
 
     async def _request(
         self,
@@ -260,6 +295,7 @@ class Client:
     def _withdraw(self, request_id: int) -> None:
         # If the connection is gone, the reader fails every pending request anyway.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._flush_pending()
             self._connection.send(Op.CANCEL, 0, encode_message(Cancel(request_id)))
 
     def _result(self, pending: _Pending, reply_type: type[M]) -> M:
@@ -288,7 +324,7 @@ class Client:
         if self._connection.is_broken:
             return
         if len(self._acks) >= ACK_BATCH:
-            self._flush_acks()
+            self._flush_pending()
         else:
             self._ack_armed.set()
 
@@ -298,10 +334,17 @@ class Client:
             await trio.sleep(ACK_DELAY)
             self._ack_armed = trio.Event()
             if not self._connection.is_broken:
-                self._flush_acks()
+                self._flush_pending()
 
-    def _flush_acks(self) -> None:
-        if self._acks and not self._connection.is_broken:
+    def _flush_pending(self) -> None:
+        """Write the gathered credited puts and acknowledgements as frames."""
+        if self._connection.is_broken:
+            return
+        if self._batch_items:
+            items, self._batch_items, self._batch_bytes = self._batch_items, [], 0
+            put = QueuePut(self._batch_queue, items, True, True)
+            self._connection.send(Op.QUEUE_PUT, 0, encode_message(put))
+        if self._acks:
             acks, self._acks = self._acks, []
             self._connection.send(Op.ACK, 0, encode_message(Ack(acks)))
 
@@ -330,6 +373,7 @@ class Client:
             unused = 0 if link is None else link.on_credit(notice.credit, notice.action)
             if notice.action == "revoke" and not self._connection.is_broken:
                 answer = CreditReturn(notice.queue, notice.credit, unused or 0)
+                self._flush_pending()  # puts paid with that credit must arrive first
                 self._connection.send(Op.CREDIT_RETURN, 0, encode_message(answer))
         elif isinstance(notice, ErrorNotice):
             link = self._queue_links.get(notice.queue)

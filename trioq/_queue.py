@@ -176,9 +176,9 @@ class Queue:
                 if not wait:
                     raise trio.WouldBlock("the connection's send buffer is full")
                 await connection.wait_writable()
+            self._client._put_credited(link.name, data)
             if not link.unlimited:
                 link.credit -= len(data)
-            self._client._send_oneway(QueuePut(link.name, data, True, True))
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._client._request(

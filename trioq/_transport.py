@@ -63,9 +63,17 @@ class FramedConnection:
         self._broken: BaseException | None = None
         self.writer_done = trio.Event()
         self._last_flush = -math.inf
+        #: Called by the writer just before it takes the buffer: the owner's
+        #: chance to turn deferred work (acknowledgements, gathered puts) into frames.
         self.before_flush: Callable[[], None] | None = None
+        #: Bytes of such deferred work, so gathering counts them as buffered.
+        self.pending_bytes: Callable[[], int] = lambda: 0
 
     # -- sending ---------------------------------------------------------------
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max_frame_size
 
     @property
     def buffered(self) -> int:
@@ -148,19 +156,22 @@ class FramedConnection:
             or trio.current_time() - self._last_flush < _BUSY_WINDOW
         )
 
+    def _buffered_and_pending(self) -> int:
+        return len(self._encoder) + self.pending_bytes()
+
     async def _gather_more(self) -> None:
         """Yield while other tasks keep adding frames, so they leave in one write.
 
         A lone request costs one extra scheduling round; a burst of small
         ones becomes one ``send_all`` instead of one system call per frame.
         """
-        size = len(self._encoder)
+        size = self._buffered_and_pending()
         idle = 0
         for _ in range(_COALESCE_ROUNDS):
             if size >= _COALESCE_BYTES or self._closing:
                 return
             await trio.lowlevel.cancel_shielded_checkpoint()
-            grown = len(self._encoder)
+            grown = self._buffered_and_pending()
             if grown == size:
                 idle += 1
                 if idle == _IDLE_ROUNDS:
