@@ -1,0 +1,44 @@
+"""Smoke passes of the benchmark scripts: they run and report, figures aside.
+
+Performance claims come from the full runs recorded in bench/RESULTS.md;
+these tests only keep the scripts working (CI runs nothing heavier).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_core_ratio_quick_pass_reports_every_workload_for_both_cores() -> None:
+    result = _run(str(BENCH / "core_ratio.py"), "--quick")
+    assert result.returncode == 0, result.stderr
+    for workload in ("decode", "schedule", "encode"):
+        assert f"\n{workload} " in result.stdout
+
+
+def test_peers_quick_pass_measures_trioq_beside_the_peers_and_prints_ratios(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "peers.json"
+    result = _run(
+        str(BENCH / "peers.py"), "--quick", "--only", "trioq,mp-queue", "--json", str(out)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "vs mp-queue" in result.stdout
+    contenders = json.loads(out.read_text())["contenders"]
+    for name in ("trioq", "mp-queue"):
+        assert contenders[name]["status"] == "ok", contenders[name]
+        measured = contenders[name]["measurements"]
+        assert measured["throughput_single"]["median"] > 0
+        assert measured["round_trip"]["p50"] > 0
