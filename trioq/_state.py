@@ -94,6 +94,13 @@ class Notice:
 Out = list[Reply | Fail | Notice]
 
 
+def _may_wait(message: Message) -> bool:
+    """Requests that can park in the scheduler, waiting for an item, room or a value."""
+    if isinstance(message, (QueueGet, VariableGet)):
+        return message.wait
+    return isinstance(message, QueuePut) and message.wait and not message.credited
+
+
 class StateError(Exception):
     """A request the state refuses: becomes a ``Fail`` of ``kind``."""
 
@@ -189,6 +196,8 @@ class SchedulerState:
         try:
             if handler is None:
                 raise StateError("ProtocolError", f"{type(message).__name__} is not a request")
+            if _may_wait(message):
+                self._check_fresh(conn, request_id)  # before anything changes
             handler(self, conn, request_id, message, out)
             if not request_id:  # one-way: the sender wants no answer
                 out = [o for o in out if not (isinstance(o, Reply) and o.request_id == 0)]
@@ -546,14 +555,16 @@ class SchedulerState:
                     out.append(Fail(conn, rid, "BrokenResourceError", text))
                 queue.putters.clear()
 
-    def _park(self, conn: int, rid: int, kind: str, name: str) -> None:
-        """Record a waiting request; its id must be fresh, so it answers once."""
-        parked = self._conns[conn].parked
+    def _check_fresh(self, conn: int, rid: int) -> None:
+        """A request that may wait needs an id of its own, so it answers once."""
         if not rid:
             raise StateError("ProtocolError", "a request that may wait needs a request id")
-        if rid in parked:
+        if rid in self._conns[conn].parked:
             raise StateError("ProtocolError", f"request id {rid} is already waiting")
-        parked[rid] = (kind, name)
+
+    def _park(self, conn: int, rid: int, kind: str, name: str) -> None:
+        """Record a waiting request (its id was checked by ``handle``)."""
+        self._conns[conn].parked[rid] = (kind, name)
 
     def _unpark(self, conn: int, rid: int, kind: str, name: str) -> _Queue | None:
         """Forget a waiting request; returns its queue, if it was a queue's."""
