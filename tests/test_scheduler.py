@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +21,10 @@ from hypothesis import strategies as st
 # ``core`` is a function-scoped fixture, but it only hands back a module, so
 # sharing it between hypothesis examples is safe.
 fixture_ok = settings(
-    suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture]
+    suppress_health_check=[
+        *settings.default.suppress_health_check,
+        HealthCheck.function_scoped_fixture,
+    ]
 )
 
 MAX_COUNT = 2**31 - 1
@@ -121,7 +125,11 @@ def test_policy_and_prefetch_are_reported(core):
         ({"prefetch": 2**70}, ValueError, f"prefetch must be in 0..2147483647, got {2**70}"),
         ({"prefetch": 1.0}, TypeError, "prefetch must be an int, got float"),
         ({"prefetch": True}, TypeError, "prefetch must be an int, got bool"),
-        ({"policy": "fifo", "prefetch": -1}, ValueError, "policy must be 'pull' or 'push', got 'fifo'"),
+        (
+            {"policy": "fifo", "prefetch": -1},
+            ValueError,
+            "policy must be 'pull' or 'push', got 'fifo'",
+        ),
     ],
 )
 def test_bad_constructor_arguments_are_rejected(core, kwargs, exc_type, message):
@@ -305,7 +313,14 @@ def test_slots_are_never_exceeded(core, policy):
 def test_higher_priority_runs_first_then_arrival_order(core):
     sched = push(core)
     sched.add_worker("w", slots=1)
-    for key, priority in [("low1", -5), ("mid1", 0), ("high1", 7), ("mid2", 0), ("low2", -5), ("high2", 7)]:
+    for key, priority in [
+        ("low1", -5),
+        ("mid1", 0),
+        ("high1", 7),
+        ("mid2", 0),
+        ("low2", -5),
+        ("high2", 7),
+    ]:
         sched.add_task(key, priority)
     assert drain_in_order(sched, "w") == ["high1", "high2", "mid1", "mid2", "low1", "low2"]
 
@@ -336,8 +351,16 @@ def test_a_task_added_while_others_wait_takes_its_place_by_priority(core):
 @pytest.mark.parametrize(
     ("priority", "exc_type", "message"),
     [
-        (MAX_PRIORITY + 1, ValueError, f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {MAX_PRIORITY + 1}"),
-        (MIN_PRIORITY - 1, ValueError, f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {MIN_PRIORITY - 1}"),
+        (
+            MAX_PRIORITY + 1,
+            ValueError,
+            f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {MAX_PRIORITY + 1}",
+        ),
+        (
+            MIN_PRIORITY - 1,
+            ValueError,
+            f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {MIN_PRIORITY - 1}",
+        ),
         (2**200, ValueError, f"priority must be in {MIN_PRIORITY}..{MAX_PRIORITY}, got {2**200}"),
         (1.5, TypeError, "priority must be an int, got float"),
         (True, TypeError, "priority must be an int, got bool"),
@@ -778,7 +801,7 @@ def test_a_million_queued_tasks_drain_in_priority_then_arrival_order(core):
     while len(drained) < wanted:
         pairs = sched.assignments()
         assert len(pairs) == 500
-        for key, worker in pairs:
+        for key, _worker in pairs:
             drained.append(key)
             sched.task_done(key)
     expected = heapq.nsmallest(
@@ -799,7 +822,9 @@ WORKERS = ["w0", "w1", "w2"]
 SERIES = [None, "a", "b"]
 
 new_tasks = st.lists(
-    st.tuples(st.sampled_from(KEYS), st.integers(0, 2), st.sampled_from(SERIES)), min_size=1, max_size=4
+    st.tuples(st.sampled_from(KEYS), st.integers(0, 2), st.sampled_from(SERIES)),
+    min_size=1,
+    max_size=4,
 )
 new_workers = st.lists(
     st.tuples(st.integers(1, 3), st.frozensets(st.sampled_from(["a", "b"]))), min_size=1, max_size=3
@@ -816,7 +841,9 @@ operations = st.lists(
         ),
         st.tuples(st.just("remove_worker"), st.sampled_from(WORKERS), st.booleans()),
         st.tuples(st.just("qualify_worker"), st.sampled_from(WORKERS), st.sampled_from(["a", "b"])),
-        st.tuples(st.just("disqualify_worker"), st.sampled_from(WORKERS), st.sampled_from(["a", "b"])),
+        st.tuples(
+            st.just("disqualify_worker"), st.sampled_from(WORKERS), st.sampled_from(["a", "b"])
+        ),
         st.tuples(st.just("request_work"), st.sampled_from(WORKERS), st.integers(1, 3)),
         st.tuples(st.just("cancel_task"), st.integers(0, 20)),
         st.tuples(st.just("task_done"), st.integers(0, 20)),
@@ -852,14 +879,14 @@ class Ledger:
         assert key in self.queued, f"{key!r} assigned but not queued (twice, or gone)"
         entry = self.queued[key]
         assert worker in self.workers, f"{key!r} assigned to unregistered {worker!r}"
-        assert self.qualified(worker, entry[2]), f"{key!r} of series {entry[2]!r} given to {worker!r}"
+        assert self.qualified(worker, entry[2]), (
+            f"{key!r} of series {entry[2]!r} given to {worker!r}"
+        )
         assert self.held(worker) < self.limit(worker), f"{worker!r} given more than its slots"
         if not self.push:
             assert self.workers[worker]["demand"] > 0, f"{worker!r} given work it did not request"
             self.workers[worker]["demand"] -= 1
-        best = min(
-            (e[:2], k) for k, e in self.queued.items() if self.qualified(worker, e[2])
-        )
+        best = min((e[:2], k) for k, e in self.queued.items() if self.qualified(worker, e[2]))
         assert best == (entry[:2], key), f"{worker!r} got {key!r}, but {best[1]!r} was better"
         del self.queued[key]
         self.running[key] = (worker, entry)
@@ -875,7 +902,9 @@ class Ledger:
 def test_random_operations_assign_correctly(core, policy, prefetch, workers, ops):
     sched = core.PriorityScheduler(policy, prefetch)
     ledger = Ledger(policy == "push", prefetch)
-    ops = [("add_worker", f"w{i}", slots, series) for i, (slots, series) in enumerate(workers)] + ops
+    ops = [
+        ("add_worker", f"w{i}", slots, series) for i, (slots, series) in enumerate(workers)
+    ] + ops
     for op, *args in ops:
         if op == "add_tasks":
             for key, priority, series in args[0]:

@@ -542,6 +542,8 @@ class SchedulerState:
             if queue.senders == 0:
                 queue.closed = True
                 self._stop_credit(queue, out)
+                text = f"queue {queue.name!r} was closed by its last send endpoint"
+                self._fail_putters(queue, "ClosedResourceError", text, out)
                 if self._finished(queue):
                     self._end_getters(queue, out)
         else:
@@ -550,10 +552,14 @@ class SchedulerState:
                 queue.broken = True
                 self._stop_credit(queue, out)
                 text = f"every receive endpoint of queue {queue.name!r} is closed"
-                for conn, rid in list(queue.putters):
-                    self._conns[conn].parked.pop(rid, None)
-                    out.append(Fail(conn, rid, "BrokenResourceError", text))
-                queue.putters.clear()
+                self._fail_putters(queue, "BrokenResourceError", text, out)
+
+    def _fail_putters(self, queue: _Queue, kind: str, text: str, out: Out) -> None:
+        """The queue refuses puts from now on, including those waiting for room."""
+        for conn, rid in queue.putters:
+            self._conns[conn].parked.pop(rid, None)
+            out.append(Fail(conn, rid, kind, text))
+        queue.putters.clear()
 
     def _check_fresh(self, conn: int, rid: int) -> None:
         """A request that may wait needs an id of its own, so it answers once."""
@@ -645,6 +651,7 @@ class SchedulerState:
                     queue.maxsize, len(queue.items) + queue.leased
                 ), "credit beyond the room"
             assert not (queue.items and queue.getters), "items wait while getters wait"
+            assert not ((queue.closed or queue.broken) and queue.putters), "refused puts wait"
             assert queue.senders >= 0 and queue.receivers >= 0, "negative endpoint count"
             for conn, rid in [*queue.getters, *queue.putters]:
                 assert self._conns[conn].parked.get(rid) is not None, "parked request unknown"
