@@ -176,7 +176,9 @@ class SchedulerState:
             if queue.reserved.get(conn, 0):
                 self._set_held(queue, conn, 0)
                 touched.add(queue.name)
-        for (name, kind), count in state.endpoints.items():
+        # Receive endpoints first: "nobody will read" is the verdict waiting puts get.
+        endpoints = sorted(state.endpoints.items(), key=lambda entry: entry[0][1] != "receive")
+        for (name, kind), count in endpoints:
             queue_or_none = self._queues.get(name)
             if queue_or_none is not None and count:
                 self._drop_endpoint(queue_or_none, kind, count, out)
