@@ -323,7 +323,7 @@ cdef class FrameDecoder:
         return self._error is not None
 
     def at_boundary(self):
-        """True when no partial frame is pending (a clean place for EOF)."""
+        """True when every byte fed has been returned in frames (a clean place for EOF)."""
         return self._error is None and self._end == self._start
 
     cdef int _raise_if_broken(self) except -1:
@@ -648,6 +648,9 @@ cdef class PriorityScheduler:
         cdef _Task task
         del self._workers[worker]
         record.removed = True
+        if record.in_rotation:  # O(W): keeps add/remove churn from growing the rotation
+            del self._rotation[self._rotation.index(record, self._rotation_head)]
+            record.in_rotation = False
         self._starved.pop(record, None)
         keys = list(record.running)
         for value in record.running.values():
@@ -804,6 +807,8 @@ cdef class PriorityScheduler:
         assert live == self._queued, "heaps and queued count disagree"
         assert stale == self._stale, "stale count is wrong"
         in_rotation = {id(w) for w in self._rotation[self._rotation_head:]}
+        assert not any((<_Worker>w).removed for w in self._rotation[self._rotation_head:]), \
+            "removed worker in the rotation"
         for ident, value in self._workers.items():
             worker = <_Worker>value
             assert worker.ident == ident, "worker indexed under a wrong id"

@@ -261,7 +261,7 @@ class FrameDecoder:
         return self._error is not None
 
     def at_boundary(self) -> bool:
-        """True when no partial frame is pending (a clean place for EOF)."""
+        """True when every byte fed has been returned in frames (a clean place for EOF)."""
         return self._error is None and len(self._buffer) == self._pos
 
     def _raise_if_broken(self) -> None:
@@ -472,6 +472,9 @@ class PriorityScheduler:
         record = self._get_worker(worker)
         del self._workers[worker]
         record.removed = True
+        if record.in_rotation:  # O(W): keeps add/remove churn from growing the rotation
+            self._rotation.remove(record)
+            record.in_rotation = False
         self._starved.pop(record, None)
         keys = list(record.running)
         for task in record.running.values():
@@ -601,6 +604,7 @@ class PriorityScheduler:
         assert live == self._queued, "heaps and queued count disagree"
         assert stale == self._stale, "stale count is wrong"
         in_rotation = {id(w) for w in self._rotation}
+        assert not any(w.removed for w in self._rotation), "removed worker in the rotation"
         for ident, worker in self._workers.items():
             assert worker.ident == ident, "worker indexed under a wrong id"
             assert not worker.removed, "removed worker still registered"
