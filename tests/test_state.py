@@ -41,6 +41,7 @@ from hypothesis.stateful import (
 )
 
 from trioq._messages import (
+    ITEM_OVERHEAD,
     Ack,
     Cancel,
     Count,
@@ -641,21 +642,23 @@ def test_items_over_the_size_limit_are_refused_with_value_error() -> None:
 
 
 def test_a_delivery_never_exceeds_the_size_limit_in_total() -> None:
-    h = Harness(1, 2, 3, max_item_bytes=10)
+    # Each item costs its bytes plus ITEM_OVERHEAD (its msgpack header) of the budget.
+    limit = 10 + 2 * ITEM_OVERHEAD
+    h = Harness(1, 2, 3, max_item_bytes=limit)
     open_q(h, 1, "q")
     put(h, 1, "q", b"aaaa", b"bbbb", b"cccc", b"d" * 10, b"e", b"f")
     sizes = []
     while h.queued("q"):
         rid, out = get(h, 2, "q", max_items=10)
         got = items_of(out, 2, rid).items
-        assert got and sum(map(len, got)) <= 10
+        assert got and sum(len(i) + ITEM_OVERHEAD for i in got) <= limit
         sizes.append([len(i) for i in got])
     assert sizes == [[4, 4], [4], [10], [1, 1]]
     rid1, _ = get(h, 2, "q", max_items=10)  # parked getters are fed within it too
     rid2, _ = get(h, 3, "q", max_items=10)
     _, out = put(h, 1, "q", *[b"%d" % i for i in range(10, 20)])
     for conn, rid in [(2, rid1), (3, rid2)]:
-        assert sum(map(len, items_of(out, conn, rid).items)) <= 10
+        assert sum(len(i) + ITEM_OVERHEAD for i in items_of(out, conn, rid).items) <= limit
 
 
 # -- parked requests ----------------------------------------------------------------

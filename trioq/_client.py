@@ -27,9 +27,17 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import trio
 
 from ._auth import TOKEN_ENV
-from ._exceptions import LocalProtocolError, RemoteError, RemoteProtocolError
+from ._exceptions import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+    collapse_single_groups,
+)
 from ._impl import core
 from ._messages import (
+    ITEM_OVERHEAD,
+    REPLY_OVERHEAD,
     Ack,
     Cancel,
     CreditNotice,
@@ -46,7 +54,6 @@ from ._messages import (
     encode_message,
 )
 from ._pickling import full_serializer
-from ._state import REPLY_OVERHEAD
 from ._transport import FramedConnection
 
 if TYPE_CHECKING:
@@ -73,6 +80,7 @@ _LOCAL_TOKENS: dict[str, str] = {}
 ACK_BATCH = 32  # acknowledgements that are sent at once ...
 ACK_DELAY = 0.002  # ... or after this many seconds, whichever comes first
 PUT_BATCH_BYTES = 64 * 1024  # gathered credited puts are written at this size
+VERDICT_TIMEOUT = 10.0  # seconds a cancelled call waits for the scheduler's verdict
 CLOSE_TIMEOUT = 5.0  # seconds a closing client waits for the scheduler to finish
 
 
@@ -229,7 +237,7 @@ class Client:
         for a frame.
         """
         self._check_usable()
-        size = sum(map(len, items))
+        size = sum(map(len, items)) + ITEM_OVERHEAD * len(items)
         if size > self._max_batch_bytes:
             raise LocalProtocolError(
                 f"{size} bytes of items do not fit in one frame "
@@ -282,11 +290,25 @@ class Client:
                 pending.late = late
                 raise
             with trio.CancelScope(shield=True):
-                await pending.event.wait()
+                with trio.move_on_after(VERDICT_TIMEOUT):
+                    await pending.event.wait()
+                if not pending.event.is_set():
+                    # A scheduler that cannot answer is as good as gone: break the
+                    # connection (its disconnect settles the outcome) and say so.
+                    await self._abort(trio.TooSlowError("no verdict from the scheduler"))
+                    raise trio.BrokenResourceError(
+                        f"the scheduler gave no verdict in {VERDICT_TIMEOUT} s; "
+                        "connection closed, so the request was undone or completed there"
+                    ) from self._broken
             if pending.op == Op.ERROR and self._is_withdrawn(pending):
                 raise  # not carried out: the cancellation stands
             return self._result(pending, reply_type)  # done, or failed for another reason
         return self._result(pending, reply_type)
+
+    async def _abort(self, reason: BaseException) -> None:
+        if self._broken is None:
+            self._broken = reason
+        await trio.aclose_forcefully(self._connection.stream)
 
     @staticmethod
     def _is_withdrawn(pending: _Pending) -> bool:
@@ -396,12 +418,13 @@ class Client:
                     if not self._closed:
                         self._broken = trio.EndOfChannel("the scheduler closed the connection")
                 except (
-                    RemoteProtocolError,
+                    ProtocolError,
                     trio.BrokenResourceError,
                     trio.ClosedResourceError,
                     OSError,
                 ) as exc:
-                    self._broken = exc
+                    if self._broken is None:
+                        self._broken = exc
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
@@ -444,10 +467,11 @@ async def connect(
         await trio.aclose_forcefully(stream)
         raise
     client = Client(connection, client_id, address)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client._run)
-        try:
-            yield client
-        finally:
-            await client.aclose()
-            nursery.cancel_scope.cancel()
+    with collapse_single_groups():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._run)
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from ._client import register_local_token
+from ._exceptions import collapse_single_groups
 from ._scheduler import Scheduler
 
 __all__ = ["Cluster", "open_cluster"]
@@ -39,10 +40,11 @@ async def open_cluster(
     Leaving the block stops the scheduler and drops its state.
     """
     scheduler = Scheduler(host, port, token=token)
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(scheduler.serve)
-        register_local_token(address, scheduler.token)
-        try:
-            yield Cluster(address, scheduler.token, scheduler)
-        finally:
-            nursery.cancel_scope.cancel()
+    with collapse_single_groups():
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(scheduler.serve)
+            register_local_token(address, scheduler.token)
+            try:
+                yield Cluster(address, scheduler.token, scheduler)
+            finally:
+                nursery.cancel_scope.cancel()

@@ -11,6 +11,9 @@ peer sent bytes that break the protocol.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "TrioqError",
     "ProtocolError",
@@ -19,6 +22,7 @@ __all__ = [
     "SerializationError",
     "AuthenticationError",
     "RemoteError",
+    "collapse_single_groups",
 ]
 
 
@@ -63,3 +67,23 @@ class RemoteError(TrioqError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
+
+
+@contextlib.contextmanager
+def collapse_single_groups() -> Iterator[None]:
+    """Re-raise a group holding one exception as that exception.
+
+    trio wraps whatever leaves a nursery in an ``ExceptionGroup``.  trioq's
+    context managers run their background tasks in a nursery that never
+    fails by itself, so a group escaping them holds just the caller's own
+    exception: unwrap it, so ``except trio.WouldBlock`` and friends work.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        inner = group.exceptions[0]
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        raise inner from inner.__cause__

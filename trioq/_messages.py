@@ -29,6 +29,8 @@ import msgpack
 from ._exceptions import RemoteProtocolError
 
 __all__ = [
+    "REPLY_OVERHEAD",
+    "ITEM_OVERHEAD",
     "Op",
     "Message",
     "encode_message",
@@ -97,6 +99,12 @@ class Op(enum.IntEnum):
     # introspection
     STATUS = 60
 
+
+#: Bytes of a frame kept for the envelope around items (message fields, array
+#: headers); items themselves get ``max_frame_size - REPLY_OVERHEAD``.
+REPLY_OVERHEAD = 1024
+#: msgpack bytes around one item in an array (its bin header, at most).
+ITEM_OVERHEAD = 5
 
 # -- field checks -------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from ._messages import (
     QueueInfo,
     QueueOpen,
     QueuePut,
+    QueueReturn,
     QueueSize,
 )
 
@@ -57,15 +58,26 @@ __all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel"]
 class _Link:
     """What one client knows about one queue; shared by all its handles."""
 
-    __slots__ = ("name", "maxsize", "credit", "unlimited", "buffer", "error")
+    __slots__ = (
+        "name",
+        "maxsize",
+        "credit",
+        "unlimited",
+        "buffer",
+        "error",
+        "fetching",
+        "receivers",
+    )
 
     def __init__(self, name: str, maxsize: int) -> None:
         self.name = name
         self.maxsize = maxsize
-        self.credit = 0  # put credit granted by the scheduler (< 0: debt)
+        self.credit = 0  # put credit granted by the scheduler
         self.unlimited = False  # unbounded queue: puts need no credit
         self.buffer: deque[tuple[int, bytes]] = deque()  # leased, not yet handed out
         self.error: BaseException | None = None  # from a put nobody waited for
+        self.fetching: trio.Event | None = None  # set when this client's asking get ends
+        self.receivers = 0  # this client's open receive endpoints
 
     def can_put(self, n: int) -> bool:
         return self.unlimited or self.credit >= n
@@ -171,11 +183,13 @@ class Queue:
         self._raise_deferred()
         await trio.lowlevel.checkpoint_if_cancelled()
         connection = self._client._connection
-        if link.can_put(len(data)):
+        while link.can_put(len(data)):
             if connection.over_high_water():  # back pressure before committing
                 if not wait:
                     raise trio.WouldBlock("the connection's send buffer is full")
                 await connection.wait_writable()
+                continue  # the credit may have been spent or revoked meanwhile
+            # Check and spend with no await between: the commit is atomic.
             self._client._put_credited(link.name, data)
             if not link.unlimited:
                 link.credit -= len(data)
@@ -217,20 +231,34 @@ class Queue:
         self._client._check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
         if link.buffer:
-            taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
             await trio.lowlevel.cancel_shielded_checkpoint()
-        else:
-            reply = await self._client._request(
-                QueueGet(link.name, max(n, self._prefetch), wait),
-                Items,
-                on_cancel="outcome",
-            )
-            leased = list(enumerate(reply.items, reply.first_lease))
-            taken, extra = leased[:n], leased[n:]
-            link.buffer.extend(extra)
+        while not link.buffer:
+            if wait and link.fetching is not None:
+                # Another task of this client is asking already: share its answer
+                # rather than wait at the scheduler beside items it will bring.
+                await link.fetching.wait()
+            else:
+                await self._fetch(n, wait)
+        taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
         self._client._ack([lease for lease, _ in taken])
         loads = self._client._serializer.loads
         return [loads(data) for _, data in taken]
+
+    async def _fetch(self, n: int, wait: bool) -> None:
+        """Ask the scheduler for items (``prefetch`` of them if it has them) into the buffer."""
+        link = self._link
+        fetching = trio.Event()
+        if wait:
+            link.fetching = fetching
+        try:
+            reply = await self._client._request(
+                QueueGet(link.name, max(n, self._prefetch), wait), Items, on_cancel="outcome"
+            )
+        finally:
+            if link.fetching is fetching:
+                link.fetching = None
+            fetching.set()
+        link.buffer.extend(enumerate(reply.items, reply.first_lease))
 
     # -- other operations ---------------------------------------------------------------
 
@@ -338,6 +366,7 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
         self._queue = queue
         self._closed = False
         queue._client._send_oneway(EndpointOpen(queue.name, "receive"))
+        queue._link.receivers += 1
 
     async def receive(self) -> Any:
         """Get an item (see ``Queue.get``); ``EndOfChannel`` after the last sender."""
@@ -355,12 +384,22 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
         """Close this endpoint (idempotent); the scheduler counts it as gone."""
         if not self._closed:
             self._closed = True
+            link = self._queue._link
+            link.receivers -= 1
+            if not link.receivers and link.buffer and _usable(self._queue._client):
+                # The last local receiver is gone: give prefetched items back now,
+                # so the stream's other receivers get them (and its end).
+                leases = [lease for lease, _ in link.buffer]
+                link.buffer.clear()
+                self._queue._client._send_oneway(QueueReturn(leases))
             _close_endpoint(self._queue, "receive")
         await trio.lowlevel.checkpoint()
 
 
+def _usable(client: Client) -> bool:
+    return not client._closed and client._broken is None
+
+
 def _close_endpoint(queue: Queue, kind: str) -> None:
-    client = queue._client
-    if client._closed or client._broken is not None:
-        return  # the scheduler counts a vanished client's endpoints as closed
-    client._send_oneway(EndpointClose(queue.name, kind))
+    if _usable(queue._client):  # else the scheduler counts them closed with the client
+        queue._client._send_oneway(EndpointClose(queue.name, kind))

@@ -33,8 +33,8 @@ from ._exceptions import (
     RemoteProtocolError,
 )
 from ._impl import core
-from ._messages import ErrorReply, Op, decode_request, encode_message
-from ._state import REPLY_OVERHEAD, Fail, Notice, Reply, SchedulerState
+from ._messages import REPLY_OVERHEAD, ErrorReply, Op, decode_request, encode_message
+from ._state import Fail, Notice, Reply, SchedulerState
 from ._transport import FramedConnection
 
 __all__ = ["Scheduler", "is_loopback"]

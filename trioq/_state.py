@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ._messages import (
+    ITEM_OVERHEAD,
+    REPLY_OVERHEAD,
     Ack,
     Cancel,
     Count,
@@ -57,10 +59,9 @@ from ._messages import (
     VariableSet,
 )
 
-__all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW", "REPLY_OVERHEAD"]
+__all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW"]
 
 CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
-REPLY_OVERHEAD = 1024  # bytes of a frame kept for the envelope around items
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024 - REPLY_OVERHEAD
 
 
@@ -488,9 +489,12 @@ class SchedulerState:
         state = self._conns[conn]
         budget = self.max_item_bytes  # one answer must fit in one frame
         items = [queue.items.popleft()]
-        size = len(items[0])
-        while len(items) < max_items and queue.items and size + len(queue.items[0]) <= budget:
-            size += len(queue.items[0])
+        size = len(items[0]) + ITEM_OVERHEAD
+        while len(items) < max_items and queue.items:
+            more = len(queue.items[0]) + ITEM_OVERHEAD
+            if size + more > budget:
+                break
+            size += more
             items.append(queue.items.popleft())
         n = len(items)
         first = state.next_lease

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from ._auth import HANDSHAKE_MAX_FRAME, ClientHandshake, ServerHandshake
-from ._exceptions import AuthenticationError, ProtocolError
+from ._exceptions import AuthenticationError, ProtocolError, RemoteProtocolError
 from ._impl import core
 from ._messages import ErrorReply, Op, encode_message
 
@@ -191,8 +191,8 @@ class FramedConnection:
     async def run_reader(self, on_frame: Callable[[Any], None]) -> None:
         """Feed received frames to ``on_frame`` until the peer closes.
 
-        Returns at a clean end of stream; raises ``ProtocolError`` for garbage or
-        a stream cut mid-frame, ``trio.BrokenResourceError`` for a broken socket.
+        Returns at a clean end of stream; raises ``RemoteProtocolError`` for
+        garbage or a stream cut mid-frame, ``trio.BrokenResourceError`` for a broken socket.
         """
         decoder = self._decoder
         try:
@@ -200,7 +200,7 @@ class FramedConnection:
                 data = await self.stream.receive_some(_RECEIVE_SIZE)
                 if not data:
                     if not decoder.at_boundary():
-                        raise ProtocolError("the peer closed the connection mid-frame")
+                        raise RemoteProtocolError("the peer closed the connection mid-frame")
                     self._mark_broken(trio.EndOfChannel("the peer closed the connection"))
                     return
                 decoder.feed(data)
