@@ -353,7 +353,7 @@ def test_leased_items_take_room_until_they_are_acknowledged() -> None:
 def test_credit_granted_to_a_putter_stays_within_the_window_and_the_room(maxsize: int) -> None:
     h = Harness(1)
     rid, out = h.send(1, QueueOpen("q", maxsize))
-    assert out == [Reply(1, rid, QueueInfo(maxsize))]  # opening grants nothing
+    assert out == [Reply(1, rid, QueueInfo(maxsize, True))]  # opening grants nothing
     assert h.held("q", 1) == 0
     rid, out = put(h, 1, "q", b"a")
     assert isinstance(reply_to(out, 1, rid), PutDone)
@@ -370,7 +370,7 @@ def test_only_connections_that_put_to_a_bounded_queue_are_granted_credit() -> No
     h = Harness(1, 2)
     for conn in (1, 2):
         rid, out = h.send(conn, QueueOpen("q", 100))
-        assert out == [Reply(conn, rid, QueueInfo(100))]
+        assert out == [Reply(conn, rid, QueueInfo(100, True))]
     rid, out = put(h, 1, "q", b"a")
     assert grant_before_reply(out, 1, rid) == window(100)
     assert notices(out, 2) == []
@@ -999,7 +999,7 @@ def test_delete_fails_parked_requests_with_broken_resource_error_and_later_ops_f
     assert reply_to(out, 1, rid) == Ok()  # deleting twice is fine
 
 
-def test_delete_tells_every_opener_to_stop_using_its_credit() -> None:
+def test_delete_tells_every_opener_to_stop_using_its_credit_and_drop_its_items() -> None:
     h = Harness(1, 2)
     open_q(h, 1, "q", 8)
     open_q(h, 2, "q", 8)
@@ -1007,7 +1007,7 @@ def test_delete_tells_every_opener_to_stop_using_its_credit() -> None:
     assert grant_before_reply(out, 1, rid) > 0
     _, out = h.send(2, QueueDelete("q"))
     for conn in (1, 2):  # both opened it; only 1 held credit
-        assert credit_notices(out, conn, "stop") == [CreditNotice("q", 0, "stop")]
+        assert credit_notices(out, conn, "deleted") == [CreditNotice("q", 0, "deleted")]
     h.disconnect(1)
     _, out = h.send(2, QueueDelete("q"))  # already gone: nobody to tell
     assert notices(out, 1) == [] and notices(out, 2) == []

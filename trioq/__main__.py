@@ -17,6 +17,8 @@ from typing import Any
 
 import trio
 
+from ._exceptions import TrioqError, collapse_single_groups
+
 __all__ = ["main"]
 
 
@@ -28,7 +30,10 @@ def _add_token_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trioq", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m trioq",
+        description="trioq: distributed queues and tasks for trio.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     scheduler = commands.add_parser("scheduler", help="run a scheduler")
@@ -116,31 +121,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "scheduler":
-            trio.run(_serve_scheduler, args, _token(args))
-        elif args.command == "status":
-            trio.run(_show_status, args.address, _token(args))
-        else:
-            from ._demo import DemoFailure, run_demo
-
-            try:
-                trio.run(run_demo, args.quick)
-            except DemoFailure as exc:
-                print(f"demo FAILED: {exc}", file=sys.stderr)
-                return 1
+        with collapse_single_groups():
+            return _run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TrioqError) as exc:
         print(f"trioq {args.command}: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from ._exceptions import TrioqError
 
-        if isinstance(exc, TrioqError):
-            print(f"trioq {args.command}: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def _run(args: argparse.Namespace) -> int:
+    """Run one command; errors propagate to ``main``, which reports them."""
+    if args.command == "scheduler":
+        trio.run(_serve_scheduler, args, _token(args))
+    elif args.command == "status":
+        trio.run(_show_status, args.address, _token(args))
+    else:
+        from ._demo import DemoFailure, run_demo
+
+        try:
+            with collapse_single_groups():
+                trio.run(run_demo, args.quick)
+        except DemoFailure as exc:
+            print(f"demo FAILED: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

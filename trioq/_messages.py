@@ -279,7 +279,8 @@ class CreditNotice(Message):
     ``action`` "grant": add ``credit``.  "revoke": stop using credit and
     send back what is left with ``CreditReturn``, quoting ``credit``, which
     here numbers the revocation.  "stop": the queue refuses puts now; drop
-    all credit (unlimited included) and ask each time.
+    all credit (unlimited included) and ask each time.  "deleted": the same,
+    and drop the items prefetched from it too.
     """
 
     OP = Op.CREDIT
@@ -333,6 +334,7 @@ class QueueInfo(Message):
     """
 
     maxsize: int
+    accepting: bool  # False once closed or broken: puts must ask, not assume
 
 
 @_request

@@ -82,9 +82,9 @@ class _Link:
     def can_put(self, n: int) -> bool:
         return self.unlimited or self.credit >= n
 
-    def on_info(self, maxsize: int) -> None:
+    def on_info(self, maxsize: int, accepting: bool) -> None:
         self.maxsize = maxsize
-        self.unlimited = maxsize == 0
+        self.unlimited = maxsize == 0 and accepting
 
     def on_credit(self, credit: int, action: str) -> int | None:
         """Apply a credit notice; returns the credit to send back, if asked."""
@@ -93,9 +93,11 @@ class _Link:
         elif action == "revoke":
             unused, self.credit = self.credit, 0
             return unused
-        else:  # "stop"
+        else:  # "stop", "deleted"
             self.credit = 0
             self.unlimited = False
+            if action == "deleted":
+                self.buffer.clear()  # leased from the deleted queue: gone with it
         return None
 
 
@@ -319,7 +321,7 @@ class Queue:
         except Exception as exc:
             self._link.error = exc
             return
-        self._link.on_info(info.maxsize)
+        self._link.on_info(info.maxsize, info.accepting)
 
 
 class QueueSendChannel(trio.abc.SendChannel[Any]):

@@ -20,12 +20,11 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import math
 from typing import Any
 
 import trio
 
-from ._auth import generate_token
+from ._auth import generate_token, token_bytes
 from ._exceptions import (
     AuthenticationError,
     LocalProtocolError,
@@ -74,6 +73,8 @@ class Scheduler:
                 f"refusing to listen on non-loopback address {host!r} without a token; "
                 "pass one with --token-file or the TRIOQ_TOKEN environment variable"
             )
+        if token is not None:
+            token_bytes(token)  # an empty token is refused here, not per connection
         self.host = host
         self.port = port
         self.token = token if token is not None else generate_token()
@@ -85,23 +86,15 @@ class Scheduler:
         self._connections: dict[int, FramedConnection] = {}
         self._next_conn = 1
 
-    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; reports ``tcp://host:port`` when ready."""
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         sockname = listeners[0].socket.getsockname()
         host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
         self.address = f"tcp://{host}:{sockname[1]}"
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started(self.address)
-            await trio.sleep(math.inf)
-
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        async with listener:
-            while True:
-                stream = await listener.accept()
-                nursery.start_soon(self._handle_connection, stream)
+        task_status.started(self.address)
+        # trio's accept loop: it sleeps and retries when out of file descriptors.
+        await trio.serve_listeners(self._handle_connection, listeners)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         conn_id = self._next_conn
@@ -125,7 +118,9 @@ class Scheduler:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(connection.run_writer)
                 try:
-                    await connection.run_reader(lambda frame: self._on_frame(conn_id, frame))
+                    await connection.run_reader(
+                        lambda frame: self._on_frame(conn_id, frame), backpressure=True
+                    )
                 except (
                     ProtocolError,
                     trio.BrokenResourceError,
@@ -146,7 +141,10 @@ class Scheduler:
                     nursery.cancel_scope.cancel()
         finally:
             del self._connections[conn_id]
-            self._execute(self.state.disconnect(conn_id))
+            try:
+                self._execute(self.state.disconnect(conn_id))
+            except Exception:  # a bug here must not stop the scheduler either
+                log.exception("internal error returning client %d's state", conn_id)
             with trio.CancelScope(shield=True):
                 await connection.aclose()
             log.info("client %d (%s) disconnected", conn_id, name)

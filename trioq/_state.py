@@ -232,7 +232,8 @@ class SchedulerState:
                 f"queue {msg.queue!r} exists with maxsize {queue.maxsize}, not {msg.maxsize}",
             )
         queue.openers.add(conn)
-        out.append(Reply(conn, rid, QueueInfo(queue.maxsize)))
+        accepting = not (queue.closed or queue.broken)
+        out.append(Reply(conn, rid, QueueInfo(queue.maxsize, accepting)))
 
     def _on_queue_put(self, conn: int, rid: int, msg: QueuePut, out: Out) -> None:
         queue = self._queue(msg.queue)
@@ -324,7 +325,7 @@ class SchedulerState:
     def _on_queue_delete(self, conn: int, rid: int, msg: QueueDelete, out: Out) -> None:
         queue = self._queues.pop(msg.queue, None)
         if queue is not None:
-            self._stop_credit(queue, out)
+            self._stop_credit(queue, out, "deleted")
             text = f"queue {msg.queue!r} was deleted"
             for (owner, request), _ in [*queue.getters.items(), *queue.putters.items()]:
                 self._conns[owner].parked.pop(request, None)
@@ -473,13 +474,13 @@ class SchedulerState:
                 queue.revoking[conn] = self._revocations
                 out.append(Notice(conn, CreditNotice(queue.name, self._revocations, "revoke")))
 
-    def _stop_credit(self, queue: _Queue, out: Out) -> None:
+    def _stop_credit(self, queue: _Queue, out: Out, action: str = "stop") -> None:
         """The queue refuses puts from now on: every opener must ask, not assume."""
         queue.reserved.clear()
         queue.reserved_total = 0
         queue.revoking.clear()
         for conn in queue.openers:
-            out.append(Notice(conn, CreditNotice(queue.name, 0, "stop")))
+            out.append(Notice(conn, CreditNotice(queue.name, 0, action)))
 
     @staticmethod
     def _window(queue: _Queue) -> int:

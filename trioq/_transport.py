@@ -188,7 +188,9 @@ class FramedConnection:
 
     # -- receiving -------------------------------------------------------------
 
-    async def run_reader(self, on_frame: Callable[[Any], None]) -> None:
+    async def run_reader(
+        self, on_frame: Callable[[Any], None], *, backpressure: bool = False
+    ) -> None:
         """Feed received frames to ``on_frame`` until the peer closes.
 
         Returns at a clean end of stream; raises ``RemoteProtocolError`` for
@@ -206,6 +208,10 @@ class FramedConnection:
                 decoder.feed(data)
                 for frame in decoder:
                     on_frame(frame)
+                if backpressure and self.over_high_water():
+                    # A peer that sends requests but does not read the answers
+                    # waits here, so our buffer for it stays bounded.
+                    await self.wait_writable()
         except BaseException as exc:
             self._mark_broken(exc)
             raise
