@@ -1,4 +1,4 @@
-"""Cancel scopes never lose or duplicate an item (DESIGN.md, "Cancellation is safe").
+"""Cancel scopes never lose or duplicate an item (the design rule "Cancellation is safe").
 
 Operations are cancelled after a hypothesis-chosen number of scheduling
 points (``trio.lowlevel.checkpoint`` rounds of a canceller task), which lands

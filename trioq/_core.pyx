@@ -429,7 +429,7 @@ cdef object _check_count(str name, object value, long minimum):
     try:
         v = value
     except OverflowError:
-        v = -1 if value < 0 else MAX_COUNT + 1  # out of range either way
+        v = -1 if value < 0 else <long long>MAX_COUNT + 1  # out of range either way
     if v < minimum or v > MAX_COUNT:
         raise ValueError(f"{name} must be in {minimum}..{MAX_COUNT}, got {value}")
     return value

@@ -1,6 +1,6 @@
 """Named queues shared through the scheduler, and their trio channel endpoints.
 
-Rules (the cancellation contract of DESIGN.md):
+Rules (the cancellation contract of the product design):
 
 * A ``put`` either put its items or did not, and the caller can tell: it
   returns only once the items are committed, and raises ``trio.Cancelled``

@@ -1,4 +1,4 @@
-"""A producer and a consumer share a bounded queue and two variables.
+"""A producer and a consumer share a bounded queue; a variable carries the result.
 
 Both clients would normally run on different machines; here they are two
 tasks of one program, each with its own connection, so the example runs
@@ -19,14 +19,9 @@ MAXSIZE = 8
 async def producer(address: str) -> None:
     async with trioq.connect(address, name="producer") as client:
         queue = client.queue("jobs", maxsize=MAXSIZE)
-        send, receive = queue.open_channels()
-        # Announce the queue only once our endpoints exist: requests on one
-        # connection are applied in order, so when the consumer sees this
-        # value, our send endpoint is already counted.
-        await client.variable("jobs-ready").set(True)
-        # Keep our (unused) receive endpoint open while sending: once the
-        # last receive endpoint in the cluster closes, sends fail.
-        async with receive, send:
+        # Only the half we use: the queue is closed when the last send
+        # endpoint in the cluster closes, which is ours, at the end.
+        async with queue.open_send_channel() as send:
             for i in range(N_ITEMS):
                 await send.send({"job": i, "payload": [i] * 3})  # waits for room
                 assert await queue.qsize() <= MAXSIZE, "the bound was exceeded"
@@ -36,15 +31,12 @@ async def producer(address: str) -> None:
 
 async def consumer(address: str) -> None:
     async with trioq.connect(address, name="consumer") as client:
-        await client.variable("jobs-ready").get(timeout=10)
         queue = client.queue("jobs", maxsize=MAXSIZE)
-        send, receive = queue.open_channels()
-        await send.aclose()  # we only receive; the producer's sender keeps it open
         seen = []
-        async with receive:
+        async with queue.open_receive_channel() as receive:
             async for message in receive:  # ends at trio.EndOfChannel
                 seen.append(message["job"])
-        await client.variable("consumed").set(seen)
+        await client.variable("consumed").set(seen)  # report back to main()
 
 
 async def main() -> None:
@@ -61,8 +53,7 @@ async def main() -> None:
                 assert await queue.qsize() == 0  # everything consumed and acknowledged
                 assert queue.maxsize == MAXSIZE  # as the scheduler reported it
                 await queue.delete()
-                for name in ("jobs-ready", "consumed"):
-                    await client.variable(name).delete()
+                await client.variable("consumed").delete()
     print(f"consumed {len(consumed)} items in order through a queue of maxsize {MAXSIZE}")
 
 
