@@ -1,4 +1,7 @@
-"""Token handling and the HMAC challenge/response handshake (sans-IO).
+"""Token handling and the HMAC challenge/response handshake.
+
+The handshake classes are sans-IO (bytes in, bytes out); only
+``read_token_file`` touches the file system.
 
 Rules:
 

@@ -172,7 +172,11 @@ class Client:
         return Variable(self, name)
 
     async def status(self) -> dict[str, Any]:
-        """The scheduler's queues, variables and clients, as plain data."""
+        """The scheduler's queues, variables and clients, as plain data.
+
+        Raises ``trio.BrokenResourceError`` if the connection is lost; a
+        cancelled call has no effect.
+        """
         reply = await self._request(Status(), StatusReport)
         return reply.report
 

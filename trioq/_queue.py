@@ -265,12 +265,20 @@ class Queue:
     # -- other operations ---------------------------------------------------------------
 
     async def qsize(self) -> int:
-        """Items put and not yet consumed (including ones prefetched by clients)."""
+        """Items put and not yet consumed (including ones prefetched by clients).
+
+        Raises ``trio.BrokenResourceError`` if the queue was deleted.  A
+        cancelled call changes nothing.
+        """
         reply = await self._client._request(QueueSize(self.name), Count)
         return reply.value
 
     async def delete(self) -> None:
-        """Delete the queue and its items; waiting calls raise ``BrokenResourceError``."""
+        """Delete the queue and its items; waiting calls raise ``BrokenResourceError``.
+
+        Deleting a queue that does not exist is not an error.  If cancelled,
+        the deletion may or may not have happened (it is idempotent: repeat it).
+        """
         await self._client._request(QueueDelete(self.name), Ok)
         self._link.buffer.clear()  # leased from the deleted queue: gone with it
 

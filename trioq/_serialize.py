@@ -96,7 +96,7 @@ class Serializer:
         """Carry instances of exactly ``cls`` as extension type ``code``."""
         if not (0 <= code <= 127):
             raise ValueError(f"extension code must be in 0..127, got {code}")
-        if code in (EXT_PICKLE, EXT_TUPLE):
+        if code < FIRST_FREE_EXT and code != EXT_REFERENCE:
             raise ValueError(f"extension code {code} is taken by trioq itself")
         if code in self._decoders:
             raise ValueError(f"extension code {code} is already registered")

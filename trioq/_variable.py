@@ -33,7 +33,12 @@ class Variable:
         return f"<trioq.Variable {self.name!r}>"
 
     async def set(self, value: Any) -> None:
-        """Set the value; readers waiting for one get it."""
+        """Set the value; readers waiting for one get it.
+
+        Raises ``SerializationError`` for a value that cannot be serialized,
+        ``ValueError`` for one over the scheduler's size limit.  If cancelled,
+        it either was set or was not, and the call tells (like ``Queue.put``).
+        """
         data = self._client._serializer.dumps(value)
         await self._client._request(VariableSet(self.name, data), Ok, on_cancel="outcome")
 
@@ -61,5 +66,5 @@ class Variable:
         return self._client._serializer.loads(reply.value)
 
     async def delete(self) -> None:
-        """Forget the value (no error if it was not set)."""
+        """Forget the value (no error if it was not set).  Idempotent if cancelled."""
         await self._client._request(VariableDelete(self.name), Ok)
