@@ -51,6 +51,7 @@ except ImportError:  # run from a source tree that was built in place
     sys.path.insert(1, str(HERE.parent))
 
 from benchmarks import _workloads  # noqa: E402
+from machine import describe_machine  # noqa: E402
 
 from trioq import _impl  # noqa: E402
 
@@ -131,17 +132,6 @@ def time_workload(
     return times
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _command() -> str:
     argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
     return shlex.join(argv)
@@ -194,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     print("trioq core: compiled (trioq._core) vs pure-Python twin (trioq._core_py)")
     print(f"date:     {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(
-        f"machine:  {platform.platform()}; {_cpu_model()}; {os.cpu_count()} CPUs; "
+        f"machine:  {describe_machine()}; "
         f"{platform.python_implementation()} {platform.python_version()}"
     )
     if hasattr(os, "getloadavg"):

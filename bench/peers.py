@@ -63,6 +63,7 @@ sys.path.insert(0, str(HERE))  # for the peers/ package beside this file
 if importlib.util.find_spec("trioq") is None:  # not installed: use the source tree
     sys.path.insert(1, str(HERE.parent))
 
+from machine import describe_machine  # noqa: E402
 from peers.dask_peers import (  # noqa: E402
     measure_dask_queue,
     measure_dask_tasks,
@@ -201,17 +202,6 @@ def ratios(outcomes: list[Outcome]) -> list[dict[str, Any]]:
 # printing
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -224,7 +214,7 @@ def describe_run() -> dict[str, str]:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{platform.platform()}; {_cpu_model()}; {os.cpu_count()} CPUs",
+        "machine": describe_machine(),
         "load": f"{load} (1/5/15 min)",
         "python": f"{platform.python_implementation()} {platform.python_version()} "
         f"({sys.executable})",
