@@ -167,6 +167,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "bytes": st.binary(max_size=16),
     "list[bytes]": st.lists(st.binary(max_size=8), max_size=5),
     "list[int]": st.lists(ints, max_size=5),
+    "list[str]": st.lists(names, max_size=3),
     "str | None": st.none() | names,
     "bytes | None": st.none() | st.binary(max_size=8),
     "dict[str, Any]": st.dictionaries(names, st.integers(), max_size=3),

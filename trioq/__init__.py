@@ -20,17 +20,22 @@ from ._exceptions import (
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
+    RemoteTaskError,
     SerializationError,
+    TaskCancelledError,
     TrioqError,
+    WorkerLostError,
 )
 from ._impl import core_impl
 
 if TYPE_CHECKING:
     from ._client import Client, connect
     from ._cluster import Cluster, open_cluster
+    from ._future import Future
     from ._queue import Queue, QueueReceiveChannel, QueueSendChannel
     from ._scheduler import Scheduler
     from ._variable import Variable
+    from ._worker import Worker
 
 __version__ = "0.1.0.dev0"
 
@@ -44,6 +49,8 @@ _LAZY = {
     "QueueReceiveChannel": "._queue",
     "Scheduler": "._scheduler",
     "Variable": "._variable",
+    "Future": "._future",
+    "Worker": "._worker",
 }
 
 __all__ = [
@@ -57,6 +64,8 @@ __all__ = [
     "QueueSendChannel",
     "QueueReceiveChannel",
     "Variable",
+    "Future",
+    "Worker",
     "TrioqError",
     "ProtocolError",
     "LocalProtocolError",
@@ -64,6 +73,9 @@ __all__ = [
     "SerializationError",
     "AuthenticationError",
     "RemoteError",
+    "RemoteTaskError",
+    "TaskCancelledError",
+    "WorkerLostError",
 ]
 
 

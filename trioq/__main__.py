@@ -1,8 +1,9 @@
 """Command line: ``python -m trioq COMMAND``.
 
-``scheduler`` serves named state over TCP; ``status`` shows what a
-scheduler holds; ``demo`` runs trioq's workloads end to end.  Worker and
-cluster commands join with the tasks layer.  Each command imports only
+``scheduler`` serves named state over TCP; ``worker`` runs tasks for a
+scheduler; ``status`` shows what a scheduler holds; ``demo`` runs trioq's
+workloads end to end.  The ``cluster`` launcher joins with the rest of the
+tasks layer.  Each command imports only
 what it needs: the scheduler's process never imports a pickler.
 """
 
@@ -40,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     scheduler.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     scheduler.add_argument("--port", type=int, default=8786, help="port (8786; 0: any free)")
     _add_token_options(scheduler)
+
+    worker = commands.add_parser("worker", help="run a worker for a scheduler")
+    worker.add_argument("address", help="tcp://host:port")
+    worker.add_argument("--nthreads", type=int, default=1, help="tasks run at once (1)")
+    worker.add_argument("--name", help="shown by status (default: host and process id)")
+    worker.add_argument(
+        "--series", action="append", default=[], help="a series this worker runs (repeatable)"
+    )
+    _add_token_options(worker)
 
     status = commands.add_parser("status", help="show a scheduler's queues, variables, clients")
     status.add_argument("address", help="tcp://host:port")
@@ -85,6 +95,21 @@ async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
     print("trioq scheduler stopped", flush=True)
 
 
+async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
+    from ._worker import Worker
+
+    worker = Worker(
+        args.address, token=token, name=args.name, nthreads=args.nthreads, series=args.series
+    )
+
+    async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await worker.run(task_status=task_status)
+
+    print(f"trioq worker {worker.name} joining {args.address}", flush=True)
+    await _until_signalled(run)
+    print("trioq worker stopped", flush=True)
+
+
 def _format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     if not rows:
         return "  (none)"
@@ -106,6 +131,14 @@ def format_status(report: dict[str, Any]) -> str:
             "  " + (", ".join(report["variables"]) or "(none)"),
             "clients:",
             _format_table(report["clients"], ["id", "name", "address", "leases"]),
+            "workers:",
+            _format_table(report.get("workers", []), ["id", "name", "running"]),
+            "tasks:",
+            "  "
+            + (
+                ", ".join(f"{n} {status}" for status, n in report.get("tasks", {}).items())
+                or "(none)"
+            ),
         ]
     )
 
@@ -135,6 +168,8 @@ def _run(args: argparse.Namespace) -> int:
     """Run one command; errors propagate to ``main``, which reports them."""
     if args.command == "scheduler":
         trio.run(_serve_scheduler, args, _token(args))
+    elif args.command == "worker":
+        trio.run(_run_worker, args, _token(args))
     elif args.command == "status":
         trio.run(_show_status, args.address, _token(args))
     else:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -54,9 +55,11 @@ from ._messages import (
     encode_message,
 )
 from ._pickling import full_serializer
+from ._task_messages import TaskAbort, TaskAssign, TaskFinished
 from ._transport import FramedConnection
 
 if TYPE_CHECKING:
+    from ._future import Future
     from ._queue import Queue
     from ._variable import Variable
 
@@ -145,6 +148,10 @@ class Client:
         self._done = trio.Event()  # set when run() has ended
         self._serializer = full_serializer()
         self._queue_links: dict[str, Any] = {}
+        self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
+        self._task_change = trio.Event()  # set (and replaced) when a task of ours ends
+        #: Set by a ``Worker`` on its own connection: gets task assignments.
+        self._task_handler: Callable[[Message], None] | None = None
         self._max_batch_bytes = connection.max_frame_size - REPLY_OVERHEAD
         self._batch_queue = ""  # the queue of the credited puts gathered below
         self._batch_items: list[bytes] = []
@@ -170,6 +177,50 @@ class Client:
         from ._variable import Variable
 
         return Variable(self, name)
+
+    async def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        priority: int = 0,
+        series: str | None = None,
+        retries: int = 0,
+        key: str | None = None,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``fn(*args, **kwargs)`` on a worker; returns its ``Future`` at once.
+
+        Higher ``priority`` starts first (submission order among equals); a
+        ``series`` task runs only on workers qualified for it; a task that
+        raises is run again up to ``retries`` times.  ``fn`` and the
+        arguments are pickled here, unpickled only on the worker.  Raises
+        ``ValueError`` for a ``key`` in use.
+        """
+        from ._future import submit
+
+        return await submit(
+            self, fn, *args, priority=priority, series=series, retries=retries, key=key, **kwargs
+        )
+
+    async def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any
+    ) -> list[Future]:
+        """``submit`` for each item of ``zip(*iterables)``, in order."""
+        from ._future import map_tasks
+
+        return await map_tasks(self, fn, *iterables, **options)
+
+    async def gather(self, futures: Iterable[Future]) -> list[Any]:
+        """The results of ``futures`` in order; raises the first error met."""
+        from ._future import gather
+
+        return await gather(futures)
+
+    def as_completed(self, futures: Iterable[Future]) -> AsyncIterator[Future]:
+        """An async iterator over ``futures`` as they end."""
+        from ._future import as_completed
+
+        return as_completed(futures)
 
     async def status(self) -> dict[str, Any]:
         """The scheduler's queues, variables and clients, as plain data.
@@ -401,6 +452,16 @@ class Client:
                 answer = CreditReturn(notice.queue, notice.credit, unused or 0)
                 self._flush_pending()  # puts paid with that credit must arrive first
                 self._connection.send(Op.CREDIT_RETURN, 0, encode_message(answer))
+        elif isinstance(notice, TaskFinished):
+            future = self._futures.get(notice.key)
+            if future is not None:
+                future.status = notice.status
+            self._task_change.set()
+            self._task_change = trio.Event()
+        elif isinstance(notice, (TaskAssign, TaskAbort)):
+            if self._task_handler is None:
+                raise RemoteProtocolError("the scheduler sent a task to a client, not a worker")
+            self._task_handler(notice)
         elif isinstance(notice, ErrorNotice):
             link = self._queue_links.get(notice.queue)
             if link is not None:

@@ -1,4 +1,4 @@
-"""``open_cluster()``: an embedded scheduler in the caller's nursery.
+"""``open_cluster()``: an embedded scheduler (and workers) in the caller's nursery.
 
 Rules: everything it starts lives in a nursery it owns and is cancelled
 and joined when the ``async with`` block exits.  The cluster's token is
@@ -17,6 +17,7 @@ import trio
 from ._client import register_local_token
 from ._exceptions import collapse_single_groups
 from ._scheduler import Scheduler
+from ._worker import Worker
 
 __all__ = ["Cluster", "open_cluster"]
 
@@ -32,11 +33,17 @@ class Cluster:
 
 @asynccontextmanager
 async def open_cluster(
-    *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    workers: int = 0,
+    *,
+    nthreads: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
 ) -> AsyncIterator[Cluster]:
     """Run a scheduler for the duration of an ``async with`` block.
 
     Listens on 127.0.0.1 and a free port by default; yields a ``Cluster``.
+    ``workers`` in-process workers (``nthreads`` threads each) join it.
     Leaving the block stops the scheduler and drops its state.
     """
     scheduler = Scheduler(host, port, token=token)
@@ -44,6 +51,9 @@ async def open_cluster(
         async with trio.open_nursery() as nursery:
             address = await nursery.start(scheduler.serve)
             register_local_token(address, scheduler.token)
+            for index in range(workers):
+                worker = Worker(address, name=f"worker-{index}", nthreads=nthreads)
+                await nursery.start(worker.run)
             try:
                 yield Cluster(address, scheduler.token, scheduler)
             finally:

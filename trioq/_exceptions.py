@@ -23,6 +23,9 @@ __all__ = [
     "AuthenticationError",
     "RemoteError",
     "collapse_single_groups",
+    "RemoteTaskError",
+    "TaskCancelledError",
+    "WorkerLostError",
 ]
 
 
@@ -87,3 +90,20 @@ def collapse_single_groups() -> Iterator[None]:
         while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
             inner = inner.exceptions[0]
         raise inner from inner.__cause__
+
+
+class RemoteTaskError(TrioqError):
+    """A task raised an exception that could not be sent back as itself.
+
+    The message names the remote exception's type and text; the remote
+    traceback is attached as a note.  (Exceptions that can be pickled are
+    re-raised as themselves, with the same note.)
+    """
+
+
+class TaskCancelledError(TrioqError):
+    """The task was cancelled (by ``Future.cancel``) before it produced a result."""
+
+
+class WorkerLostError(TrioqError):
+    """The task's workers kept dying while running it, so it was given up."""

@@ -98,6 +98,17 @@ class Op(enum.IntEnum):
     VARIABLE_DELETE = 42
     # introspection
     STATUS = 60
+    # tasks and workers (messages in _task_messages)
+    WORKER_HELLO = 70
+    WORKER_READY = 71
+    TASK_ASSIGN = 72  # scheduler to worker, unsolicited
+    TASK_DONE = 73
+    SUBMIT = 74
+    TASK_RESULT = 75
+    TASK_CANCEL = 76
+    TASK_ABORT = 77  # scheduler to worker, unsolicited
+    TASK_RELEASE = 78
+    TASK_FINISHED = 79  # scheduler to client, unsolicited
 
 
 #: Bytes of a frame kept for the envelope around items (message fields, array
@@ -131,6 +142,7 @@ _CHECKS: dict[str, _Check] = {
     "list[bytes]": _is_list_of(lambda v: type(v) is bytes),
     "list[int]": _is_list_of(_is_int),
     "str | None": _is_optional(lambda v: type(v) is str),
+    "list[str]": _is_list_of(lambda v: type(v) is str),
     "bytes | None": _is_optional(lambda v: type(v) is bytes),
     "dict[str, Any]": lambda v: type(v) is dict and all(type(k) is str for k in v),
 }
@@ -301,6 +313,13 @@ class ErrorNotice(Message):
 
 
 _NOTICES: dict[int, type[Message]] = {Op.CREDIT: CreditNotice, Op.QUEUE_ERROR: ErrorNotice}
+
+
+def _notice(cls: type[M]) -> type[M]:
+    """Register an unsolicited scheduler-to-client message (by its ``OP``)."""
+    cls = _message(cls)
+    _NOTICES[cls.OP] = cls
+    return cls
 
 
 def decode_notice(op: int, payload: bytes) -> Message:

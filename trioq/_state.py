@@ -58,6 +58,8 @@ from ._messages import (
     VariableGet,
     VariableSet,
 )
+from ._task_messages import TaskResult
+from ._tasks import TaskBoard, TaskRefused
 
 __all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW"]
 
@@ -97,7 +99,7 @@ Out = list[Reply | Fail | Notice]
 
 def _may_wait(message: Message) -> bool:
     """Requests that can park in the scheduler, waiting for an item, room or a value."""
-    if isinstance(message, (QueueGet, VariableGet)):
+    if isinstance(message, (QueueGet, VariableGet, TaskResult)):
         return message.wait
     return isinstance(message, QueuePut) and message.wait and not message.credited
 
@@ -154,6 +156,7 @@ class SchedulerState:
         self._variables: dict[str, bytes] = {}
         self._var_waiters: dict[str, dict[tuple[int, int], None]] = {}
         self._conns: dict[int, _Conn] = {}
+        self.tasks = TaskBoard()
 
     # -- connections -----------------------------------------------------------
 
@@ -188,6 +191,7 @@ class SchedulerState:
             queue_or_none = self._queues.get(name)
             if queue_or_none is not None:
                 self._settle(queue_or_none, out)
+        self.tasks.disconnect(conn, out)
         return out
 
     # -- requests ----------------------------------------------------------------
@@ -197,11 +201,14 @@ class SchedulerState:
         out: Out = []
         handler = self._HANDLERS.get(type(message))
         try:
-            if handler is None:
-                raise StateError("ProtocolError", f"{type(message).__name__} is not a request")
             if _may_wait(message):
                 self._check_fresh(conn, request_id)  # before anything changes
-            handler(self, conn, request_id, message, out)
+            if isinstance(message, TaskBoard.MESSAGES):
+                self._handle_task(conn, request_id, message, out)
+            elif handler is None:
+                raise StateError("ProtocolError", f"{type(message).__name__} is not a request")
+            else:
+                handler(self, conn, request_id, message, out)
             if not request_id:  # one-way: the sender wants no answer
                 out = [o for o in out if not (isinstance(o, Reply) and o.request_id == 0)]
         except StateError as exc:
@@ -211,6 +218,14 @@ class SchedulerState:
                 notice = ErrorNotice(message.queue, exc.kind, str(exc))  # type: ignore[attr-defined]
                 out.append(Notice(conn, notice))
         return out
+
+    def _handle_task(self, conn: int, rid: int, message: Message, out: Out) -> None:
+        try:
+            key = self.tasks.handle(conn, rid, message, out)
+        except TaskRefused as exc:
+            raise StateError(exc.kind, str(exc)) from None
+        if key is not None:
+            self._park(conn, rid, "task", key)
 
     def _queue(self, name: str) -> _Queue:
         queue = self._queues.get(name)
@@ -581,6 +596,9 @@ class SchedulerState:
 
     def _unpark(self, conn: int, rid: int, kind: str, name: str) -> _Queue | None:
         """Forget a waiting request; returns its queue, if it was a queue's."""
+        if kind == "task":
+            self.tasks.unwait(conn, rid, name)
+            return None
         if kind == "variable":
             waiters = self._var_waiters.get(name)
             if waiters is not None:
@@ -632,10 +650,12 @@ class SchedulerState:
                 {"id": conn, "name": c.name, "address": c.address, "leases": len(c.leases)}
                 for conn, c in self._conns.items()
             ],
+            **self.tasks.status(),
         }
 
     def validate(self) -> None:
         """Check the invariants that tie queues, leases and connections together."""
+        self.tasks.validate()
         leased: dict[int, int] = {}
         for conn, state in self._conns.items():
             for queue_of_lease, _ in state.leases.values():
@@ -645,6 +665,8 @@ class SchedulerState:
                     assert (conn, rid) in self._queues[name].getters, "parked get is lost"
                 elif kind == "put":
                     assert (conn, rid) in self._queues[name].putters, "parked put is lost"
+                elif kind == "task":
+                    pass  # the task board checks its readers
                 else:
                     assert (conn, rid) in self._var_waiters[name], "parked read is lost"
         for queue in self._queues.values():

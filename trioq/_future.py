@@ -1,0 +1,143 @@
+"""Futures: references to tasks running on workers, and the calls that make them.
+
+Rules:
+
+* ``submit`` pickles the callable and its arguments in the client; the
+  scheduler forwards the bytes to a worker and never unpickles them.
+* Awaiting a future parks a ``TaskResult`` read in the scheduler; a
+  cancelled wait is withdrawn and leaves the task running.
+* A task's own exception is re-raised here as itself when it could be
+  pickled (``RemoteTaskError`` otherwise), with the remote traceback as a
+  note.  A cancelled task raises ``TaskCancelledError``; one whose workers
+  kept dying raises ``WorkerLostError``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._exceptions import RemoteTaskError, TaskCancelledError, WorkerLostError
+from ._messages import Ok
+from ._task_messages import Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["Future", "submit", "map_tasks", "gather", "as_completed"]
+
+
+class Future:
+    """A task's eventual result.  ``await fut`` (or ``await fut.result()``) gets it."""
+
+    def __init__(self, client: Client, key: str) -> None:
+        self._client = client
+        #: The task's key in the cluster.
+        self.key = key
+        #: "pending" until the scheduler says it ended ("finished", "error",
+        #: "cancelled" or "lost").
+        self.status = "pending"
+
+    def __repr__(self) -> str:
+        return f"<trioq.Future {self.key!r} {self.status}>"
+
+    def done(self) -> bool:
+        """True once the task has ended (as far as this client has heard)."""
+        return self.status != "pending"
+
+    async def result(self) -> Any:
+        """The task's return value, waiting for it.
+
+        Raises the task's exception, ``TaskCancelledError`` or
+        ``WorkerLostError``.  If cancelled, the task itself goes on.
+        """
+        reply = await self._client._request(
+            TaskResult(self.key, True), TaskOutcome, on_cancel="withdraw"
+        )
+        return self._unpack(reply)
+
+    def __await__(self) -> Any:
+        return self.result().__await__()
+
+    async def cancel(self) -> None:
+        """Cancel the task: dropped if pending, stopped on its worker if running.
+
+        A task running in a worker thread cannot be interrupted: it runs to
+        its end and its result is discarded.
+        """
+        await self._client._request(TaskCancel(self.key), Ok)
+
+    async def release(self) -> None:
+        """Tell the scheduler this client no longer needs the result."""
+        self._client._send_oneway(TaskRelease(self.key))
+        await trio.lowlevel.checkpoint()
+
+    def _unpack(self, reply: TaskOutcome) -> Any:
+        self.status = reply.status
+        if reply.status == "finished":
+            return self._client._serializer.loads(reply.data)
+        if reply.status == "error":
+            error, type_name, text, remote_traceback = self._client._serializer.loads(reply.data)
+            if not isinstance(error, BaseException):
+                error = RemoteTaskError(f"{type_name}: {text}")
+            error.add_note(f"remote traceback:\n{remote_traceback}")
+            raise error
+        message = reply.data.decode(errors="replace")
+        if reply.status == "cancelled":
+            raise TaskCancelledError(message)
+        raise WorkerLostError(message)
+
+
+async def submit(
+    client: Client,
+    fn: Callable[..., Any],
+    *args: Any,
+    priority: int = 0,
+    series: str | None = None,
+    retries: int = 0,
+    key: str | None = None,
+    **kwargs: Any,
+) -> Future:
+    """Run ``fn(*args, **kwargs)`` on a worker; see ``Client.submit``."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if key is None:
+        key = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
+    payload = client._serializer.dumps((fn, args, kwargs))
+    future = Future(client, key)
+    client._futures[key] = future
+    await client._request(Submit(key, payload, priority, series, retries), Ok, on_cancel="outcome")
+    return future
+
+
+async def map_tasks(
+    client: Client, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any
+) -> list[Future]:
+    """One task per item (``zip`` of ``iterables``), in order; see ``Client.map``."""
+    return [await submit(client, fn, *args, **options) for args in zip(*iterables, strict=False)]
+
+
+async def gather(futures: Iterable[Future]) -> list[Any]:
+    """The results of ``futures``, in order (raises the first error met)."""
+    return [await future for future in futures]
+
+
+async def as_completed(futures: Iterable[Future]) -> AsyncIterator[Future]:
+    """Yield ``futures`` as they end, fastest first (all from one client).
+
+    It follows the scheduler's "finished" notices, so it starts no tasks of
+    its own and can be left early without leaking anything.
+    """
+    remaining = list(futures)
+    while remaining:
+        change = remaining[0]._client._task_change  # taken before looking: no lost wake-up
+        ready = [future for future in remaining if future.done()]
+        if not ready:
+            await change.wait()
+            continue
+        for future in ready:
+            remaining.remove(future)
+            yield future

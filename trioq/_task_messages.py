@@ -1,0 +1,139 @@
+"""Typed messages of the tasks layer: submitting, running and awaiting tasks.
+
+Rules: as in ``_messages`` (one frozen class per message, fields checked
+on decoding).  Task payloads (the pickled function and arguments) and
+results are opaque ``bytes`` to the scheduler, made and read by clients
+and workers only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ._messages import Message, Op, _message, _notice, _request
+
+__all__ = [
+    "WorkerHello",
+    "WorkerReady",
+    "TaskAssign",
+    "TaskAbort",
+    "TaskDone",
+    "Submit",
+    "TaskResult",
+    "TaskOutcome",
+    "TaskCancel",
+    "TaskRelease",
+    "TaskFinished",
+]
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerHello(Message):
+    """This connection is a worker with ``slots`` concurrent tasks and these series."""
+
+    OP = Op.WORKER_HELLO
+    name: str
+    slots: int
+    series: list[str]
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerReady(Message):
+    """One-way: the worker asks for ``count`` more tasks (pull dispatch)."""
+
+    OP = Op.WORKER_READY
+    count: int
+
+
+@_notice
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskAssign(Message):
+    """Unsolicited, to a worker: run this task (``payload`` from the submitter)."""
+
+    OP = Op.TASK_ASSIGN
+    key: str
+    payload: bytes
+
+
+@_notice
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskAbort(Message):
+    """Unsolicited, to a worker: stop task ``key`` if it can; its result is unwanted."""
+
+    OP = Op.TASK_ABORT
+    key: str
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskDone(Message):
+    """One-way, from a worker: ``key`` finished; ``data`` is its result or error."""
+
+    OP = Op.TASK_DONE
+    key: str
+    ok: bool
+    data: bytes
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class Submit(Message):
+    """Queue a task; the submitting connection holds a reference to its result."""
+
+    OP = Op.SUBMIT
+    key: str
+    payload: bytes
+    priority: int
+    series: str | None
+    retries: int
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskResult(Message):
+    """The outcome of ``key``; park until it is finished if ``wait``."""
+
+    OP = Op.TASK_RESULT
+    key: str
+    wait: bool
+
+
+@_message
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskOutcome(Message):
+    """Reply to ``TaskResult``: ``status`` "finished" (``data``: the result), or
+    "error" (``data``: the error, as the worker serialized it), or "cancelled"
+    or "lost" (``data``: a message)."""
+
+    status: str
+    data: bytes
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskCancel(Message):
+    """Cancel ``key``: dropped if pending, aborted on its worker if running."""
+
+    OP = Op.TASK_CANCEL
+    key: str
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskRelease(Message):
+    """One-way: this connection no longer needs the result of ``key``."""
+
+    OP = Op.TASK_RELEASE
+    key: str
+
+
+@_notice
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskFinished(Message):
+    """Unsolicited, to connections holding ``key``: it ended with ``status``."""
+
+    OP = Op.TASK_FINISHED
+    key: str
+    status: str

@@ -1,0 +1,263 @@
+"""Tasks and workers in the scheduler (sans-IO): submit, dispatch, finish, lose.
+
+Rules:
+
+* Every dispatch decision is the core ``PriorityScheduler``'s (pull policy:
+  a worker gets a task only after asking with ``WorkerReady``), so tasks
+  start by priority, then submission order, and a task with a series runs
+  only on a worker qualified for it.
+* A task's payload and result are opaque bytes: the scheduler stores and
+  forwards them and never unpickles.
+* A worker that goes away hands its running tasks back; each is queued
+  again in its original place.  A task whose workers died ``MAX_DEATHS``
+  times ends as "lost" instead of killing more workers.  A task's own
+  exception is retried only while its ``retries`` last.
+* A finished task's outcome is kept while some connection holds it (the
+  submitter, until it releases the task or goes away); parked
+  ``TaskResult`` readers are answered exactly once.
+
+Complexity: O(log n) per task through the core; O(tasks) per disconnect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._impl import core
+from ._messages import Message, Ok
+from ._task_messages import (
+    Submit,
+    TaskAbort,
+    TaskAssign,
+    TaskCancel,
+    TaskDone,
+    TaskFinished,
+    TaskOutcome,
+    TaskRelease,
+    TaskResult,
+    WorkerHello,
+    WorkerReady,
+)
+
+if TYPE_CHECKING:
+    from ._state import Out
+
+__all__ = ["TaskBoard", "MAX_DEATHS", "FINAL"]
+
+MAX_DEATHS = 3
+FINAL = frozenset({"finished", "error", "cancelled", "lost"})
+
+
+class TaskRefused(Exception):
+    """A task request the board refuses: becomes a ``Fail`` of ``kind``."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(text)
+        self.kind = kind
+
+
+@contextlib.contextmanager
+def _refusing_bad_values() -> Iterator[None]:
+    """The core's argument errors (a count out of range, say) refuse the request."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise TaskRefused("ValueError", str(exc)) from None
+
+
+@dataclass(slots=True)
+class _Task:
+    key: str
+    payload: bytes
+    priority: int
+    series: str | None
+    retries: int
+    status: str = "pending"  # pending, running, or one of FINAL
+    data: bytes = b""
+    deaths: int = 0
+    holders: set[int] = field(default_factory=set)
+    readers: dict[tuple[int, int], None] = field(default_factory=dict)
+
+
+class TaskBoard:
+    """The scheduler's tasks and workers.  ``SchedulerState`` feeds it requests."""
+
+    MESSAGES = (WorkerHello, WorkerReady, TaskDone, Submit, TaskResult, TaskCancel, TaskRelease)
+
+    def __init__(self) -> None:
+        self._core = core.PriorityScheduler(policy=core.PULL)
+        self._tasks: dict[str, _Task] = {}
+        self._workers: dict[int, str] = {}  # conn -> worker name
+
+    # -- requests --------------------------------------------------------------
+
+    def handle(self, conn: int, rid: int, message: Message, out: Out) -> str | None:
+        """Apply a task request; returns a key if the request parked waiting for it."""
+        from ._state import Reply
+
+        if isinstance(message, Submit):
+            self._submit(conn, message)
+            out.append(Reply(conn, rid, Ok()))
+        elif isinstance(message, TaskResult):
+            return self._result(conn, rid, message, out)
+        elif isinstance(message, TaskDone):
+            self._done(conn, message, out)
+        elif isinstance(message, WorkerReady):
+            self._worker(conn)
+            with _refusing_bad_values():
+                self._core.request_work(conn, message.count)
+        elif isinstance(message, WorkerHello):
+            if conn in self._workers:
+                raise TaskRefused("ProtocolError", "this connection is a worker already")
+            with _refusing_bad_values():
+                self._core.add_worker(conn, message.slots, message.series)
+            self._workers[conn] = message.name
+            out.append(Reply(conn, rid, Ok()))
+        elif isinstance(message, TaskCancel):
+            self._cancel(message.key, out)
+            out.append(Reply(conn, rid, Ok()))
+        elif isinstance(message, TaskRelease):
+            task = self._tasks.get(message.key)
+            if task is not None:
+                task.holders.discard(conn)
+                self._forget_if_unheld(task)
+        self._dispatch(out)
+        return None
+
+    def _submit(self, conn: int, msg: Submit) -> None:
+        if msg.key in self._tasks:
+            raise TaskRefused("ValueError", f"a task with key {msg.key!r} exists already")
+        if msg.retries < 0:
+            raise TaskRefused("ValueError", f"retries must be >= 0, got {msg.retries}")
+        with _refusing_bad_values():
+            self._core.add_task(msg.key, msg.priority, msg.series)
+        task = _Task(msg.key, msg.payload, msg.priority, msg.series, msg.retries)
+        task.holders.add(conn)
+        self._tasks[msg.key] = task
+
+    def _result(self, conn: int, rid: int, msg: TaskResult, out: Out) -> str | None:
+        from ._state import Reply
+
+        task = self._task(msg.key)
+        if task.status in FINAL:
+            out.append(Reply(conn, rid, TaskOutcome(task.status, task.data)))
+            return None
+        if not msg.wait:
+            raise TaskRefused("WouldBlock", f"task {msg.key!r} has not finished")
+        task.readers[(conn, rid)] = None
+        return task.key
+
+    def _done(self, conn: int, msg: TaskDone, out: Out) -> None:
+        self._worker(conn)
+        task = self._tasks.get(msg.key)
+        if task is None or msg.key not in self._core or self._core.task_worker(msg.key) != conn:
+            return  # cancelled or handed elsewhere meanwhile: this result is unwanted
+        self._core.task_done(msg.key)
+        if not msg.ok and task.retries > 0:
+            task.retries -= 1
+            task.status = "pending"
+            self._core.add_task(task.key, task.priority, task.series)
+            return
+        self._finish(task, "finished" if msg.ok else "error", msg.data, out)
+
+    def _cancel(self, key: str, out: Out) -> None:
+        from ._state import Notice
+
+        task = self._task(key)
+        if task.status in FINAL:
+            return
+        worker = self._core.cancel_task(key)
+        if worker is not None:
+            out.append(Notice(worker, TaskAbort(key)))
+        self._finish(task, "cancelled", f"task {key!r} was cancelled".encode(), out)
+
+    # -- connections -------------------------------------------------------------
+
+    def unwait(self, conn: int, rid: int, key: str) -> None:
+        """A parked ``TaskResult`` was withdrawn (or its connection went)."""
+        task = self._tasks.get(key)
+        if task is not None:
+            task.readers.pop((conn, rid), None)
+
+    def disconnect(self, conn: int, out: Out) -> None:
+        """Forget a connection: a worker's running tasks go back to the queue."""
+        if conn in self._workers:
+            del self._workers[conn]
+            for key in self._core.remove_worker(conn, requeue=True):
+                task = self._tasks[key]
+                task.deaths += 1
+                task.status = "pending"
+                if task.deaths >= MAX_DEATHS:
+                    self._core.cancel_task(key)
+                    text = f"task {key!r} was running on {task.deaths} workers that died"
+                    self._finish(task, "lost", text.encode(), out)
+        for task in list(self._tasks.values()):
+            if conn in task.holders:
+                task.holders.discard(conn)
+                self._forget_if_unheld(task)
+        self._dispatch(out)
+
+    # -- mechanics ------------------------------------------------------------------
+
+    def _task(self, key: str) -> _Task:
+        task = self._tasks.get(key)
+        if task is None:
+            raise TaskRefused("LookupError", f"no task {key!r} (never submitted, or released)")
+        return task
+
+    def _worker(self, conn: int) -> None:
+        if conn not in self._workers:
+            raise TaskRefused("ProtocolError", "only a worker (after WorkerHello) may do this")
+
+    def _dispatch(self, out: Out) -> None:
+        from ._state import Notice
+
+        for key, worker in self._core.assignments():
+            task = self._tasks[key]
+            task.status = "running"
+            out.append(Notice(worker, TaskAssign(key, task.payload)))
+
+    def _finish(self, task: _Task, status: str, data: bytes, out: Out) -> None:
+        from ._state import Notice, Reply
+
+        task.status = status
+        task.data = data
+        task.payload = b""  # not needed any more
+        for conn, rid in task.readers:
+            out.append(Reply(conn, rid, TaskOutcome(status, data)))
+        task.readers.clear()
+        for conn in task.holders:
+            out.append(Notice(conn, TaskFinished(task.key, status)))
+        self._forget_if_unheld(task)
+
+    def _forget_if_unheld(self, task: _Task) -> None:
+        if not task.holders and task.status in FINAL and not task.readers:
+            del self._tasks[task.key]
+
+    # -- introspection ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for task in self._tasks.values():
+            counts[task.status] = counts.get(task.status, 0) + 1
+        return {
+            "tasks": counts,
+            "workers": [
+                {"id": conn, "name": name, "running": len(self._core.worker_tasks(conn))}
+                for conn, name in self._workers.items()
+            ],
+        }
+
+    def validate(self) -> None:
+        self._core.validate()
+        for key, task in self._tasks.items():
+            if task.status in FINAL:
+                assert key not in self._core, "a finished task is still scheduled"
+                assert not task.readers, "a finished task has readers waiting"
+            else:
+                assert key in self._core, "an unfinished task is not scheduled"
+                running = self._core.task_state(key) == "assigned"
+                assert running == (task.status == "running"), "task status and core disagree"

@@ -1,0 +1,129 @@
+"""Workers: processes (or tasks) that run submitted callables.
+
+Rules:
+
+* A worker is a client connection that said ``WorkerHello``.  It asks for
+  work (``WorkerReady``) as its slots free up, so dispatch is pull: a slow
+  worker is never sent more than it can run.
+* Plain functions run in worker threads (``trio.to_thread``, at most
+  ``nthreads`` at once); ``async def`` functions run as trio tasks in the
+  worker's nursery.  Every task runs in a cancel scope of its own, so an
+  abort from the scheduler cancels a trio task; a thread cannot be
+  interrupted, so its result is discarded.
+* Payloads are unpickled here: a worker trusts its scheduler, which it
+  authenticated with the shared token.
+* Leaving ``run`` (cancellation, or the scheduler going away) closes the
+  connection; the scheduler then reschedules what was running.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import socket
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from ._client import Client, connect
+from ._messages import Message, Ok
+from ._task_messages import TaskAbort, TaskAssign, TaskDone, WorkerHello, WorkerReady
+
+__all__ = ["Worker"]
+
+
+class Worker:
+    """Runs tasks for the scheduler at ``address`` until cancelled.
+
+    Start it with ``await nursery.start(worker.run)``, or from the command
+    line with ``python -m trioq worker ADDRESS``.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        name: str | None = None,
+        nthreads: int = 1,
+        series: Iterable[str] = (),
+    ) -> None:
+        if type(nthreads) is not int or nthreads < 1:
+            raise ValueError(f"nthreads must be a positive int, got {nthreads!r}")
+        self.address = address
+        self.name = name or f"worker-{socket.gethostname()}-{os.getpid()}"
+        self.nthreads = nthreads
+        self.series = [str(s) for s in series]
+        self._token = token
+        self._limiter = trio.CapacityLimiter(nthreads)
+        self._running: dict[str, trio.CancelScope] = {}
+        self._client: Client | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, announce the slots, run tasks until cancelled or disconnected."""
+        async with connect(self.address, token=self._token, name=self.name) as client:
+            self._client = client
+            client._task_handler = self._on_task_message
+            await client._request(WorkerHello(self.name, self.nthreads, self.series), Ok)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                client._send_oneway(WorkerReady(self.nthreads))
+                task_status.started()
+                await client._done.wait()  # the connection ended
+                nursery.cancel_scope.cancel()
+
+    @property
+    def running(self) -> int:
+        """Tasks running now."""
+        return len(self._running)
+
+    def _on_task_message(self, message: Message) -> None:
+        """Called by the connection's reader: start or abort a task."""
+        if isinstance(message, TaskAssign):
+            assert self._nursery is not None
+            scope = trio.CancelScope()
+            self._running[message.key] = scope
+            self._nursery.start_soon(self._run_task, message.key, message.payload, scope)
+        elif isinstance(message, TaskAbort):
+            running = self._running.get(message.key)
+            if running is not None:
+                running.cancel()
+
+    async def _run_task(self, key: str, payload: bytes, scope: trio.CancelScope) -> None:
+        client = self._client
+        assert client is not None
+        ok, data = True, b""
+        with scope:
+            try:
+                fn, args, kwargs = client._serializer.loads(payload)
+                if inspect.iscoroutinefunction(fn):
+                    result = await fn(*args, **kwargs)
+                else:
+                    call = functools.partial(fn, *args, **kwargs)
+                    result = await trio.to_thread.run_sync(
+                        call, limiter=self._limiter, abandon_on_cancel=True
+                    )
+                data = client._serializer.dumps(result)
+            except Exception as exc:
+                ok, data = False, self._describe_failure(exc)
+        del self._running[key]
+        if client._closed or client._broken is not None:
+            return  # the scheduler reschedules it elsewhere
+        if not scope.cancelled_caught:  # an aborted task's result is unwanted
+            client._send_oneway(TaskDone(key, ok, data))
+        client._send_oneway(WorkerReady(1))
+
+    def _describe_failure(self, exc: Exception) -> bytes:
+        """The task's exception, as itself if it pickles, with its traceback text."""
+        assert self._client is not None
+        serializer = self._client._serializer
+        remote_traceback = "".join(traceback.format_exception(exc))
+        described: Any = (type(exc).__qualname__, str(exc), remote_traceback)
+        try:
+            return serializer.dumps((exc, *described))
+        except Exception:
+            return serializer.dumps((None, *described))
