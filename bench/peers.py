@@ -111,11 +111,13 @@ def register(contender: Contender) -> None:
 # peer that has the same key; the name must stay "trioq".
 # ==========================================================================
 
-from peers.trioq_contender import measure_trioq  # noqa: E402
+from peers.trioq_contender import measure_trioq, measure_trioq_tasks  # noqa: E402
 
 # fmt: off
 register(Contender("trioq", "trioq Queue between two processes, via a scheduler process",
                    measure_trioq, ("trioq",), (100_000, 5_000), (2_000, 200)))
+register(Contender("trioq-tasks", "trioq no-op tasks, 2 worker processes",
+                   measure_trioq_tasks, ("trioq",), (20_000, 300), (500, 50)))
 # fmt: on
 
 # fmt: off
@@ -176,15 +178,22 @@ def run_contender(contender: Contender, cfg: RunConfig) -> Outcome:
     return Outcome(contender.name, "ok", "", cfg, time.perf_counter() - start, measurements)
 
 
+def _is_trioq(name: str) -> bool:
+    return name == "trioq" or name.startswith("trioq-")
+
+
 def ratios(outcomes: list[Outcome]) -> list[dict[str, Any]]:
     """trioq against every peer, key by key; > 1 means trioq is better."""
     by_name = {o.name: o.measurements for o in outcomes if o.measurements}
-    ours = by_name.get("trioq")
+    ours: dict[str, Measurement] = {}
+    for name, measured in by_name.items():
+        if _is_trioq(name):  # "trioq" (queues) and "trioq-tasks" measure different keys
+            ours.update(measured)
     if not ours:
         return []
     rows: list[dict[str, Any]] = []
     for peer, theirs in by_name.items():
-        if peer == "trioq":
+        if _is_trioq(peer):
             continue
         for key in KEYS:
             mine, other = ours.get(key), theirs.get(key)

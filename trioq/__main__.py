@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     scheduler = commands.add_parser("scheduler", help="run a scheduler")
     scheduler.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     scheduler.add_argument("--port", type=int, default=8786, help="port (8786; 0: any free)")
+    scheduler.add_argument(
+        "--dispatch", choices=["pull", "push"], default="pull", help="task dispatch policy (pull)"
+    )
+    scheduler.add_argument(
+        "--prefetch", type=int, default=1, help="push: tasks sent ahead per worker (1)"
+    )
     _add_token_options(scheduler)
 
     worker = commands.add_parser("worker", help="run a worker for a scheduler")
@@ -81,7 +87,9 @@ async def _until_signalled(run: Any) -> None:
 async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
     from ._scheduler import Scheduler
 
-    scheduler = Scheduler(args.host, args.port, token=token)
+    scheduler = Scheduler(
+        args.host, args.port, token=token, dispatch=args.dispatch, prefetch=args.prefetch
+    )
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

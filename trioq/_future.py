@@ -4,7 +4,9 @@ Rules:
 
 * ``submit`` pickles the callable and its arguments in the client; the
   scheduler forwards the bytes to a worker and never unpickles them.
-* Awaiting a future parks a ``TaskResult`` read in the scheduler; a
+* ``submit`` does not wait for the scheduler: it queues the request on the
+  ordered connection and returns the future; a refusal is raised by
+  awaiting it.  Awaiting parks a ``TaskResult`` read in the scheduler; a
   cancelled wait is withdrawn and leaves the task running.
 * A task's own exception is re-raised here as itself when it could be
   pickled (``RemoteTaskError`` otherwise), with the remote traceback as a
@@ -25,7 +27,7 @@ from ._messages import Ok
 from ._task_messages import Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
 if TYPE_CHECKING:
-    from ._client import Client
+    from ._client import Client, _Pending
 
 __all__ = ["Future", "submit", "map_tasks", "gather", "as_completed"]
 
@@ -35,6 +37,7 @@ class Future:
 
     def __init__(self, client: Client, key: str) -> None:
         self._client = client
+        self._refused: BaseException | None = None  # the scheduler refused the submit
         #: The task's key in the cluster.
         self.key = key
         #: "pending" until the scheduler says it ended ("finished", "error",
@@ -57,7 +60,19 @@ class Future:
         reply = await self._client._request(
             TaskResult(self.key, True), TaskOutcome, on_cancel="withdraw"
         )
+        if self._refused is not None:  # its answer came first: the reply is another task's
+            raise self._refused
         return self._unpack(reply)
+
+    def _on_submitted(self, pending: _Pending) -> None:
+        """The scheduler's answer to the submit, which nobody awaited."""
+        if pending.op == 0:
+            return  # connection lost: awaiting the future says so
+        try:
+            self._client._result(pending, Ok)
+        except Exception as exc:
+            self._refused = exc
+            self.status = "error"
 
     def __await__(self) -> Any:
         return self.result().__await__()
@@ -106,10 +121,17 @@ async def submit(
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if key is None:
         key = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
+    if key in client._futures:
+        raise ValueError(f"this client has a task with key {key!r} already")
     payload = client._serializer.dumps((fn, args, kwargs))
+    await trio.lowlevel.checkpoint_if_cancelled()
     future = Future(client, key)
+    # Sent without waiting: requests on a connection are applied in order, so
+    # the scheduler knows the task before any later request about it, and a
+    # refusal (a key another client uses) is raised by awaiting the future.
+    client._send_request(Submit(key, payload, priority, series, retries), late=future._on_submitted)
     client._futures[key] = future
-    await client._request(Submit(key, payload, priority, series, retries), Ok, on_cancel="outcome")
+    await trio.lowlevel.cancel_shielded_checkpoint()
     return future
 
 

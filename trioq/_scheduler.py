@@ -57,7 +57,10 @@ class Scheduler:
     ``token`` authenticates every connection.  When omitted, one is generated
     (``self.token``) for a loopback ``host``; for any other host a missing
     token raises ``ValueError``: a cluster reachable from other machines
-    must have a token its operator chose and distributed.
+    must have a token its operator chose and distributed.  ``dispatch`` is
+    the task policy, "pull" (load-balanced, the default) or "push" (dealt
+    round-robin ahead of demand, ``prefetch`` tasks beyond each worker's
+    slots: lower overhead, possibly uneven).
     """
 
     def __init__(
@@ -67,6 +70,8 @@ class Scheduler:
         *,
         token: str | None = None,
         max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
+        dispatch: str = "pull",
+        prefetch: int = 1,
     ) -> None:
         if token is None and not is_loopback(host):
             raise ValueError(
@@ -81,7 +86,9 @@ class Scheduler:
         if max_frame_size < 2 * REPLY_OVERHEAD:
             raise ValueError(f"max_frame_size must be at least {2 * REPLY_OVERHEAD} bytes")
         self.max_frame_size = max_frame_size
-        self.state = SchedulerState(max_item_bytes=max_frame_size - REPLY_OVERHEAD)
+        self.state = SchedulerState(
+            max_item_bytes=max_frame_size - REPLY_OVERHEAD, dispatch=dispatch, prefetch=prefetch
+        )
         self.address: str | None = None
         self._connections: dict[int, FramedConnection] = {}
         self._next_conn = 1

@@ -147,7 +147,13 @@ class _Conn:
 class SchedulerState:
     """All named state of one scheduler, driven by requests from connections."""
 
-    def __init__(self, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> None:
+    def __init__(
+        self,
+        max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        *,
+        dispatch: str = "pull",
+        prefetch: int = 1,
+    ) -> None:
         #: Largest value accepted; answers carrying items stay under it too,
         #: so they always fit in a frame.
         self.max_item_bytes = max_item_bytes
@@ -156,7 +162,7 @@ class SchedulerState:
         self._variables: dict[str, bytes] = {}
         self._var_waiters: dict[str, dict[tuple[int, int], None]] = {}
         self._conns: dict[int, _Conn] = {}
-        self.tasks = TaskBoard()
+        self.tasks = TaskBoard(dispatch, prefetch, answered=self._answered)
 
     # -- connections -----------------------------------------------------------
 
@@ -583,6 +589,12 @@ class SchedulerState:
             out.append(Fail(conn, rid, kind, text))
         queue.putters.clear()
 
+    def _answered(self, conn: int, rid: int) -> None:
+        """A parked request was answered elsewhere (by the task board)."""
+        state = self._conns.get(conn)
+        if state is not None:
+            state.parked.pop(rid, None)
+
     def _check_fresh(self, conn: int, rid: int) -> None:
         """A request that may wait needs an id of its own, so it answers once."""
         if not rid:
@@ -666,7 +678,7 @@ class SchedulerState:
                 elif kind == "put":
                     assert (conn, rid) in self._queues[name].putters, "parked put is lost"
                 elif kind == "task":
-                    pass  # the task board checks its readers
+                    assert self.tasks.is_reader(conn, rid, name), "parked task read is lost"
                 else:
                     assert (conn, rid) in self._var_waiters[name], "parked read is lost"
         for queue in self._queues.values():

@@ -2,10 +2,11 @@
 
 Rules:
 
-* Every dispatch decision is the core ``PriorityScheduler``'s (pull policy:
-  a worker gets a task only after asking with ``WorkerReady``), so tasks
-  start by priority, then submission order, and a task with a series runs
-  only on a worker qualified for it.
+* Every dispatch decision is the core ``PriorityScheduler``'s (pull policy
+  by default: a worker gets a task only after asking with ``WorkerReady``;
+  or push, with a prefetch window), so tasks start by priority, then
+  submission order, and a task with a series runs only on a worker
+  qualified for it.
 * A task's payload and result are opaque bytes: the scheduler stores and
   forwards them and never unpickles.
 * A worker that goes away hands its running tasks back; each is queued
@@ -22,7 +23,7 @@ Complexity: O(log n) per task through the core; O(tasks) per disconnect.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +88,19 @@ class TaskBoard:
 
     MESSAGES = (WorkerHello, WorkerReady, TaskDone, Submit, TaskResult, TaskCancel, TaskRelease)
 
-    def __init__(self) -> None:
-        self._core = core.PriorityScheduler(policy=core.PULL)
+    def __init__(
+        self,
+        dispatch: str = "pull",
+        prefetch: int = 1,
+        answered: Callable[[int, int], None] = lambda conn, rid: None,
+    ) -> None:
+        #: "pull": a worker gets a task only when it asks, up to its free slots
+        #: (load-balanced).  "push": tasks are dealt round-robin up to
+        #: ``slots + prefetch`` per worker, ahead of asking (less waiting, may
+        #: be uneven).  Either way the core scheduler decides.
+        self.dispatch = dispatch
+        self._core = core.PriorityScheduler(policy=dispatch, prefetch=prefetch)
+        self._answered = answered  # a parked TaskResult was answered: it waits no more
         self._tasks: dict[str, _Task] = {}
         self._workers: dict[int, str] = {}  # conn -> worker name
 
@@ -182,6 +194,11 @@ class TaskBoard:
         if task is not None:
             task.readers.pop((conn, rid), None)
 
+    def is_reader(self, conn: int, rid: int, key: str) -> bool:
+        """Is request ``rid`` of ``conn`` waiting for the outcome of ``key``?"""
+        task = self._tasks.get(key)
+        return task is not None and (conn, rid) in task.readers
+
     def disconnect(self, conn: int, out: Out) -> None:
         """Forget a connection: a worker's running tasks go back to the queue."""
         if conn in self._workers:
@@ -228,6 +245,7 @@ class TaskBoard:
         task.payload = b""  # not needed any more
         for conn, rid in task.readers:
             out.append(Reply(conn, rid, TaskOutcome(status, data)))
+            self._answered(conn, rid)
         task.readers.clear()
         for conn in task.holders:
             out.append(Notice(conn, TaskFinished(task.key, status)))

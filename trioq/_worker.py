@@ -58,7 +58,8 @@ class Worker:
         self.nthreads = nthreads
         self.series = [str(s) for s in series]
         self._token = token
-        self._limiter = trio.CapacityLimiter(nthreads)
+        self._slots = trio.Semaphore(nthreads)  # tasks running at once, of either kind
+        self._limiter = trio.CapacityLimiter(nthreads)  # worker threads
         self._running: dict[str, trio.CancelScope] = {}
         self._client: Client | None = None
         self._nursery: trio.Nursery | None = None
@@ -98,6 +99,7 @@ class Worker:
         assert client is not None
         ok, data = True, b""
         with scope:
+            await self._slots.acquire()  # pushed tasks beyond the slots wait here
             try:
                 fn, args, kwargs = client._serializer.loads(payload)
                 if inspect.iscoroutinefunction(fn):
@@ -110,6 +112,8 @@ class Worker:
                 data = client._serializer.dumps(result)
             except Exception as exc:
                 ok, data = False, self._describe_failure(exc)
+            finally:
+                self._slots.release()
         del self._running[key]
         if client._closed or client._broken is not None:
             return  # the scheduler reschedules it elsewhere

@@ -23,9 +23,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from peers.harness import (
+    Latency,
     Measurement,
     PairPlan,
     RunConfig,
+    Throughput,
     batch_sizes,
     chunked,
     make_items,
@@ -153,3 +155,94 @@ def measure_trioq(cfg: RunConfig) -> dict[str, Measurement]:
     with scheduler_process() as (address, token):
         spec = {"address": address, "token": token}
         return run_pair(trioq_side_a, trioq_side_b, spec, cfg, ctx=ctx, notes=notes)
+
+
+# --------------------------------------------------------------------------
+# tasks: a scheduler process and two worker processes, the client here
+
+
+def noop(x: Any) -> Any:
+    return x
+
+
+@contextmanager
+def worker_processes(address: str, token: str, n: int) -> Iterator[None]:
+    """``n`` ``python -m trioq worker`` processes (one thread each), always stopped."""
+    # Workers import the task functions by name (as in any deployment), so they
+    # need this bench/ directory on their path.
+    bench_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [bench_dir, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TRIOQ_TOKEN": token, "PYTHONPATH": path}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trioq", "worker", address, "--name", f"bench-{i}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        for i in range(n)
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _measure_tasks(address: str, token: str, cfg: RunConfig) -> dict[str, Measurement]:
+    import trio
+
+    import trioq
+
+    async with trioq.connect(address, token=token) as client:
+        with trio.fail_after(cfg.timeout):
+            while len((await client.status())["workers"]) < 2:
+                await trio.sleep(0.05)
+
+        async def map_gather(n: int) -> float:
+            start = time.perf_counter()
+            futures = await client.map(noop, range(n))
+            await client.gather(futures)
+            elapsed = time.perf_counter() - start
+            for future in futures:
+                await future.release()
+            return elapsed
+
+        async def round_trips(n: int) -> tuple[float, float]:
+            durations = []
+            for _ in range(n):
+                start = time.perf_counter_ns()
+                future = await client.submit(noop, 0)
+                await future
+                await future.release()
+                durations.append((time.perf_counter_ns() - start) * 1e-9)
+            return percentiles(durations)
+
+        await map_gather(cfg.warmup_items)
+        rates = [cfg.items / await map_gather(cfg.items) for _ in range(cfg.repeat)]
+        await round_trips(cfg.warmup_round_trips)
+        trips = [await round_trips(cfg.round_trips) for _ in range(cfg.repeat)]
+    return {
+        "tasks_throughput": Throughput(
+            rates, cfg.items, unit="tasks/s", note="client.map then client.gather; 2 workers x 1"
+        ),
+        "task_round_trip": Latency(
+            [p50 for p50, _ in trips],
+            [p99 for _, p99 in trips],
+            cfg.round_trips,
+            note="submit one no-op and await it",
+        ),
+    }
+
+
+def measure_trioq_tasks(cfg: RunConfig) -> dict[str, Measurement]:
+    import trio
+
+    with scheduler_process() as (address, token), worker_processes(address, token, 2):
+        return trio.run(_measure_tasks, address, token, cfg)
