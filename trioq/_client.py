@@ -456,8 +456,7 @@ class Client:
             future = self._futures.get(notice.key)
             if future is not None:
                 future.status = notice.status
-            self._task_change.set()
-            self._task_change = trio.Event()
+            self._task_ended()
         elif isinstance(notice, (TaskAssign, TaskAbort)):
             if self._task_handler is None:
                 raise RemoteProtocolError("the scheduler sent a task to a client, not a worker")
@@ -471,6 +470,11 @@ class Client:
                     if cls is not None
                     else RemoteError(notice.kind, notice.message)
                 )
+
+    def _task_ended(self) -> None:
+        """Wake ``as_completed`` iterators: a future of this client has ended."""
+        self._task_change.set()
+        self._task_change = trio.Event()
 
     async def _run(self) -> None:
         """Reader and writer; ends when the connection does."""

@@ -22,8 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._exceptions import RemoteTaskError, TaskCancelledError, WorkerLostError
+from ._exceptions import (
+    RemoteTaskError,
+    SerializationError,
+    TaskCancelledError,
+    WorkerLostError,
+)
 from ._messages import Ok
+from ._serialize import Serializer
 from ._task_messages import Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
 if TYPE_CHECKING:
@@ -38,6 +44,7 @@ class Future:
     def __init__(self, client: Client, key: str) -> None:
         self._client = client
         self._refused: BaseException | None = None  # the scheduler refused the submit
+        self._reads: set[int] = set()  # request ids of reads waiting for the outcome
         #: The task's key in the cluster.
         self.key = key
         #: "pending" until the scheduler says it ended ("finished", "error",
@@ -57,12 +64,26 @@ class Future:
         Raises the task's exception, ``TaskCancelledError`` or
         ``WorkerLostError``.  If cancelled, the task itself goes on.
         """
-        reply = await self._client._request(
-            TaskResult(self.key, True), TaskOutcome, on_cancel="withdraw"
-        )
-        if self._refused is not None:  # its answer came first: the reply is another task's
+        client = self._client
+        if self._refused is not None:
+            await trio.lowlevel.checkpoint()
             raise self._refused
-        return self._unpack(reply)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        request_id = client._send_request(TaskResult(self.key, True))
+        pending = client._pending[request_id]
+        self._reads.add(request_id)
+        try:
+            await pending.event.wait()
+        except trio.Cancelled:
+            if not pending.event.is_set():
+                pending.late = _forget
+                client._withdraw(request_id)
+            raise
+        finally:
+            self._reads.discard(request_id)
+        if self._refused is not None:  # the submit was refused: the read was withdrawn
+            raise self._refused
+        return self._unpack(client._result(pending, TaskOutcome))
 
     def _on_submitted(self, pending: _Pending) -> None:
         """The scheduler's answer to the submit, which nobody awaited."""
@@ -73,6 +94,9 @@ class Future:
         except Exception as exc:
             self._refused = exc
             self.status = "error"
+            for request_id in self._reads:  # they would wait for another client's task
+                self._client._withdraw(request_id)
+            self._client._task_ended()
 
     def __await__(self) -> Any:
         return self.result().__await__()
@@ -95,7 +119,13 @@ class Future:
         if reply.status == "finished":
             return self._client._serializer.loads(reply.data)
         if reply.status == "error":
-            error, type_name, text, remote_traceback = self._client._serializer.loads(reply.data)
+            try:
+                error, type_name, text, remote_traceback = self._client._serializer.loads(
+                    reply.data
+                )
+            except SerializationError:  # the exception itself does not unpickle here
+                _, type_name, text, remote_traceback = Serializer().loads(reply.data)
+                error = None
             if not isinstance(error, BaseException):
                 error = RemoteTaskError(f"{type_name}: {text}")
             error.add_note(f"remote traceback:\n{remote_traceback}")
