@@ -70,7 +70,7 @@ class _Run:
 
 
 async def demo_scheduler(n_tasks: int) -> None:
-    """Three trio 'workers' pull tasks by priority; one serves the "gpu" series."""
+    """The core scheduler alone: three simulated workers (trio tasks) pull by priority."""
     scheduler = core.PriorityScheduler(policy=core.PULL)
     slots = {"cpu-a": 2, "cpu-b": 1, "gpu-1": 1}
     scheduler.add_worker("cpu-a", slots=2)
@@ -126,7 +126,7 @@ async def demo_scheduler(n_tasks: int) -> None:
     )
     per_worker = {name: sum(1 for w in run.finished.values() if w == name) for name in slots}
     print(
-        f"  {n_tasks:,} tasks by priority over 3 trio workers "
+        f"  {n_tasks:,} tasks by priority over 3 simulated workers "
         f"({', '.join(f'{n}: {c}' for n, c in per_worker.items())}), "
         f"every gpu task on gpu-1: {n_tasks / elapsed:,.0f} tasks/s"
     )
@@ -179,6 +179,40 @@ async def demo_queue(n_items: int) -> None:
     )
 
 
+def _square(x: int) -> int:
+    return x * x
+
+
+async def demo_tasks(n_tasks: int) -> None:
+    """Submit many tasks to two workers, gather in order, cancel one that sleeps."""
+    from ._client import connect
+    from ._cluster import open_cluster
+    from ._exceptions import TaskCancelledError
+
+    async with (
+        open_cluster(workers=2, nthreads=2) as cluster,
+        connect(cluster.address, name="tasks") as client,
+    ):
+        start = time.perf_counter()
+        futures = await client.map(_square, range(n_tasks))
+        results = await client.gather(futures)
+        elapsed = time.perf_counter() - start
+        sleeper = await client.submit(trio.sleep, 60, priority=10)
+        await sleeper.cancel()
+        try:
+            await sleeper
+            cancelled = False
+        except TaskCancelledError:
+            cancelled = True
+        workers = (await client.status())["workers"]
+    _check(results == [x * x for x in range(n_tasks)], "a task result is wrong or out of order")
+    _check(cancelled, "a cancelled task still produced a result")
+    print(
+        f"  {n_tasks:,} tasks over {len(workers)} workers, results in order: "
+        f"{n_tasks / elapsed:,.0f} tasks/s; a running task cancelled on its worker"
+    )
+
+
 async def run_demo(quick: bool = False) -> None:
     """Run every demo part; raises ``DemoFailure`` on the first wrong result."""
     print(f"trioq {__version__}, core: {core_impl()}")
@@ -188,4 +222,6 @@ async def run_demo(quick: bool = False) -> None:
     await demo_scheduler(2_000 if quick else 20_000)
     print("3. a named queue shared by two clients")
     await demo_queue(2_000 if quick else 20_000)
+    print("4. tasks on two workers")
+    await demo_tasks(1_000 if quick else 10_000)
     print("all results checked out")
