@@ -382,7 +382,7 @@ class Client:
 
     def _error_of(self, pending: _Pending) -> BaseException:
         """The exception an ``ERROR`` answer stands for."""
-        if self._broken is not None and pending.op == 0:
+        if pending.op != Op.ERROR:  # no answer: the connection ended first
             error = trio.BrokenResourceError("the connection to the scheduler is broken")
             error.__cause__ = self._broken
             return error
@@ -500,6 +500,7 @@ class Client:
             self._done.set()
             if self._broken is None:
                 self._broken = trio.ClosedResourceError("the client was closed")
+            self._task_ended()  # as_completed iterators notice the end too
             pending, self._pending = self._pending, {}
             for entry in pending.values():
                 entry.op = 0

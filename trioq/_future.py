@@ -45,6 +45,7 @@ class Future:
         self._client = client
         self._refused: BaseException | None = None  # the scheduler refused the submit
         self._reads: set[int] = set()  # request ids of reads waiting for the outcome
+        self._watchers: set[Callable[[], None]] = set()  # gathers to wake on a refusal
         #: The task's key in the cluster.
         self.key = key
         #: "pending" until the scheduler says it ended ("finished", "error",
@@ -96,6 +97,8 @@ class Future:
             self.status = "error"
             for request_id in self._reads:  # they would wait for another client's task
                 self._client._withdraw(request_id)
+            for wake in list(self._watchers):
+                wake()
             self._client._task_ended()
 
     def __await__(self) -> Any:
@@ -110,8 +113,10 @@ class Future:
         await self._client._request(TaskCancel(self.key), Ok)
 
     async def release(self) -> None:
-        """Tell the scheduler this client no longer needs the result."""
+        """Tell the scheduler this client no longer needs the result (the key is free)."""
         self._client._send_oneway(TaskRelease(self.key))
+        if self._client._futures.get(self.key) is self:
+            del self._client._futures[self.key]
         await trio.lowlevel.checkpoint()
 
     def _unpack(self, reply: TaskOutcome) -> Any:
@@ -176,8 +181,9 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
     """The results of ``futures``, in order (raises the first error met).
 
     Every read is sent at once and the answers are taken in order, so N
-    futures cost one round trip, not N.  If cancelled (or on the first
-    error), the reads still waiting are withdrawn; the tasks go on.
+    futures cost one round trip, not N.  A refused submit among them is
+    raised as soon as it is known.  If cancelled (or on the first error),
+    the reads still waiting are withdrawn; the tasks go on.
     """
     futures = list(futures)
     if not futures:
@@ -185,25 +191,56 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
         return []
     client = futures[0]._client
     await trio.lowlevel.checkpoint_if_cancelled()
+    changed = _Changed()
     reads = []
     for future in futures:
-        request_id = client._send_request(TaskResult(future.key, True))
+        if future._refused is not None:
+            raise future._refused
+        request_id = client._send_request(TaskResult(future.key, True), late=changed.answered)
         reads.append((request_id, client._pending[request_id]))
-    results = []
+        future._reads.add(request_id)  # a refusal arriving later withdraws it
+        future._watchers.add(changed.wake)
+    results: list[Any] = []
     try:
-        for future, (_, pending) in zip(futures, reads, strict=True):
-            await pending.event.wait()
-            reply = client._result(pending, TaskOutcome)
-            if future._refused is not None:
-                raise future._refused
-            results.append(future._unpack(reply))
+        while len(results) < len(futures):
+            refused = next((f._refused for f in futures if f._refused is not None), None)
+            if refused is not None:
+                raise refused
+            future, (_, pending) = futures[len(results)], reads[len(results)]
+            if pending.op:  # answered
+                results.append(future._unpack(client._result(pending, TaskOutcome)))
+            else:
+                await changed.wait()
     except BaseException:
         for request_id, pending in reads:
-            if not pending.event.is_set():
+            if not pending.op:
                 pending.late = _forget
                 client._withdraw(request_id)
         raise
+    finally:
+        for future, (request_id, _) in zip(futures, reads, strict=False):
+            future._reads.discard(request_id)
+            future._watchers.discard(changed.wake)
     return results
+
+
+class _Changed:
+    """Wakes a ``gather`` when one of its reads is answered or a submit refused."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def answered(self, pending: _Pending) -> None:
+        if not pending.op:  # the connection broke: make the answer an error
+            pending.op = -1
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
 
 
 def _forget(pending: _Pending) -> None:
@@ -218,7 +255,9 @@ async def as_completed(futures: Iterable[Future]) -> AsyncIterator[Future]:
     """
     remaining = list(futures)
     while remaining:
-        change = remaining[0]._client._task_change  # taken before looking: no lost wake-up
+        client = remaining[0]._client
+        client._check_usable()  # a broken connection ends the wait (BrokenResourceError)
+        change = client._task_change  # taken before looking: no lost wake-up
         ready = [future for future in remaining if future.done()]
         if not ready:
             await change.wait()

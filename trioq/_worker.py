@@ -66,16 +66,19 @@ class Worker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, announce the slots, run tasks until cancelled or disconnected."""
-        async with connect(self.address, token=self._token, name=self.name) as client:
+        async with (
+            connect(self.address, token=self._token, name=self.name) as client,
+            trio.open_nursery() as nursery,
+        ):
+            # Ready for tasks before saying hello: a push scheduler deals at once.
             self._client = client
+            self._nursery = nursery
             client._task_handler = self._on_task_message
             await client._request(WorkerHello(self.name, self.nthreads, self.series), Ok)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                client._send_oneway(WorkerReady(self.nthreads))
-                task_status.started()
-                await client._done.wait()  # the connection ended
-                nursery.cancel_scope.cancel()
+            client._send_oneway(WorkerReady(self.nthreads))
+            task_status.started()
+            await client._done.wait()  # the connection ended
+            nursery.cancel_scope.cancel()
 
     @property
     def running(self) -> int:
