@@ -29,7 +29,8 @@ from ._exceptions import (
     WorkerLostError,
 )
 from ._messages import Ok
-from ._serialize import Serializer
+from ._pickling import pickle_dumps
+from ._serialize import Pickled, Serializer
 from ._task_messages import Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class Future:
         self._client = client
         self._refused: BaseException | None = None  # the scheduler refused the submit
         self._reads: set[int] = set()  # request ids of reads waiting for the outcome
-        self._watchers: set[Callable[[], None]] = set()  # gathers to wake on a refusal
+        self._watchers: set[Callable[[BaseException], None]] = set()  # gathers to tell
         #: The task's key in the cluster.
         self.key = key
         #: "pending" until the scheduler says it ended ("finished", "error",
@@ -97,8 +98,8 @@ class Future:
             self.status = "error"
             for request_id in self._reads:  # they would wait for another client's task
                 self._client._withdraw(request_id)
-            for wake in list(self._watchers):
-                wake()
+            for refused in list(self._watchers):
+                refused(exc)
             self._client._task_ended()
 
     def __await__(self) -> Any:
@@ -149,16 +150,21 @@ async def submit(
     series: str | None = None,
     retries: int = 0,
     key: str | None = None,
+    _pickled_fn: Pickled | None = None,
     **kwargs: Any,
 ) -> Future:
-    """Run ``fn(*args, **kwargs)`` on a worker; see ``Client.submit``."""
+    """Run ``fn(*args, **kwargs)`` on a worker; see ``Client.submit``.
+
+    ``_pickled_fn`` is ``fn`` already pickled (``map`` pickles it once).
+    """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if key is None:
         key = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
     if key in client._futures:
         raise ValueError(f"this client has a task with key {key!r} already")
-    payload = client._serializer.dumps((fn, args, kwargs))
+    pickled = _pickled_fn if _pickled_fn is not None else Pickled(pickle_dumps(fn))
+    payload = client._serializer.dumps((pickled, args, kwargs))
     await trio.lowlevel.checkpoint_if_cancelled()
     future = Future(client, key)
     # Sent without waiting: requests on a connection are applied in order, so
@@ -173,8 +179,15 @@ async def submit(
 async def map_tasks(
     client: Client, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any
 ) -> list[Future]:
-    """One task per item (``zip`` of ``iterables``), in order; see ``Client.map``."""
-    return [await submit(client, fn, *args, **options) for args in zip(*iterables, strict=False)]
+    """One task per item (``zip`` of ``iterables``), in order; see ``Client.map``.
+
+    The function is pickled once for the whole call (its arguments per task).
+    """
+    pickled = Pickled(pickle_dumps(fn))
+    return [
+        await submit(client, fn, *args, _pickled_fn=pickled, **options)
+        for args in zip(*iterables, strict=False)
+    ]
 
 
 async def gather(futures: Iterable[Future]) -> list[Any]:
@@ -199,13 +212,12 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
         request_id = client._send_request(TaskResult(future.key, True), late=changed.answered)
         reads.append((request_id, client._pending[request_id]))
         future._reads.add(request_id)  # a refusal arriving later withdraws it
-        future._watchers.add(changed.wake)
+        future._watchers.add(changed.refused)
     results: list[Any] = []
     try:
         while len(results) < len(futures):
-            refused = next((f._refused for f in futures if f._refused is not None), None)
-            if refused is not None:
-                raise refused
+            if changed.error is not None:
+                raise changed.error
             future, (_, pending) = futures[len(results)], reads[len(results)]
             if pending.op:  # answered
                 results.append(future._unpack(client._result(pending, TaskOutcome)))
@@ -220,7 +232,7 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
     finally:
         for future, (request_id, _) in zip(futures, reads, strict=False):
             future._reads.discard(request_id)
-            future._watchers.discard(changed.wake)
+            future._watchers.discard(changed.refused)
     return results
 
 
@@ -229,8 +241,11 @@ class _Changed:
 
     def __init__(self) -> None:
         self._event = trio.Event()
+        self.error: BaseException | None = None  # a refused submit among the futures
 
-    def wake(self) -> None:
+    def refused(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
         self._event.set()
 
     def answered(self, pending: _Pending) -> None:
