@@ -2,14 +2,15 @@
 
 ``scheduler`` serves named state over TCP; ``worker`` runs tasks for a
 scheduler; ``status`` shows what a scheduler holds; ``demo`` runs trioq's
-workloads end to end.  The ``cluster`` launcher joins with the rest of the
-tasks layer.  Each command imports only
+workloads end to end; ``cluster`` runs a scheduler and worker processes
+in one command and stops them all on Ctrl-C or SIGTERM.  Each command imports only
 what it needs: the scheduler's process never imports a pickler.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -47,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         "--prefetch", type=int, default=1, help="push: tasks sent ahead per worker (1)"
     )
     _add_token_options(scheduler)
+
+    cluster = commands.add_parser("cluster", help="run a scheduler and worker processes")
+    cluster.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    cluster.add_argument("--nthreads", type=int, default=1, help="tasks each runs at once (1)")
+    cluster.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    cluster.add_argument("--port", type=int, default=8786, help="port (8786; 0: any free)")
+    cluster.add_argument("--dispatch", choices=["pull", "push"], default="pull")
+    _add_token_options(cluster)
 
     worker = commands.add_parser("worker", help="run a worker for a scheduler")
     worker.add_argument("address", help="tcp://host:port")
@@ -101,6 +110,33 @@ async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
 
     await _until_signalled(run)
     print("trioq scheduler stopped", flush=True)
+
+
+async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
+    """A scheduler here and ``--workers`` worker processes, all stopped together."""
+    from ._scheduler import Scheduler
+
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    scheduler = Scheduler(args.host, args.port, token=token, dispatch=args.dispatch)
+
+    async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(scheduler.serve)
+            env = {**os.environ, "TRIOQ_TOKEN": scheduler.token}
+            for index in range(args.workers):
+                command = [sys.executable, "-m", "trioq", "worker", address]
+                command += ["--name", f"worker-{index}", "--nthreads", str(args.nthreads)]
+                # run_process stops the worker (SIGTERM, then SIGKILL) when cancelled.
+                await nursery.start(
+                    functools.partial(trio.run_process, command, env=env, check=False)
+                )
+            print(f"trioq cluster: scheduler on {address}, {args.workers} workers", flush=True)
+            print(f"token: {scheduler.token}", flush=True)
+            task_status.started()
+
+    await _until_signalled(run)
+    print("trioq cluster stopped", flush=True)
 
 
 async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
@@ -178,6 +214,8 @@ def _run(args: argparse.Namespace) -> int:
         trio.run(_serve_scheduler, args, _token(args))
     elif args.command == "worker":
         trio.run(_run_worker, args, _token(args))
+    elif args.command == "cluster":
+        trio.run(_run_cluster, args, _token(args))
     elif args.command == "status":
         trio.run(_show_status, args.address, _token(args))
     else:

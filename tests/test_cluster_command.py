@@ -1,0 +1,49 @@
+"""``python -m trioq cluster``: a scheduler and worker processes in one command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import procs
+import pytest
+import trio
+
+import trioq
+
+TIMEOUT = 60
+
+
+def worker_pid(_: int) -> int:
+    return os.getpid()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_cluster_command_runs_tasks_on_its_workers_and_stops_every_process_on_a_signal(
+    tmp_path: Path, signum: int
+) -> None:
+    command = [sys.executable, "-m", "trioq", "cluster", "--workers", "2", "--port", "0"]
+    with trio.fail_after(TIMEOUT):
+        async with procs.started(
+            command,
+            env={**procs.base_env(), "PYTHONPATH": str(Path(__file__).parent)},
+            stderr_path=tmp_path / "cluster.err",
+            label="cluster",
+        ) as cluster:
+            address = (await cluster.expect("trioq cluster: scheduler on ")).split(",")[0]
+            token = await cluster.expect("token: ")
+            async with trioq.connect(address, token=token) as client:
+                while len((await client.status())["workers"]) < 2:
+                    await trio.sleep(0.01)
+                pids = await client.gather(await client.map(worker_pid, range(40)))
+            assert len(set(pids)) == 2, "both worker processes ran tasks"
+            assert cluster.pid not in pids, "tasks ran in worker processes, not the launcher"
+            members = procs.process_group_members(cluster.pid)
+            assert len(members) >= 3, members  # the launcher and its two workers
+            cluster.send_signal(signum)
+            status, lines = await cluster.finish()
+            assert status == 0, cluster.describe()
+            assert "trioq cluster stopped" in lines
+            await procs.poll_until(lambda: not procs.process_group_members(cluster.pid))
