@@ -35,8 +35,11 @@ async def test_cluster_command_runs_tasks_on_its_workers_and_stops_every_process
             address = (await cluster.expect("trioq cluster: scheduler on ")).split(",")[0]
             token = await cluster.expect("token: ")
             async with trioq.connect(address, token=token) as client:
-                while len((await client.status())["workers"]) < 2:
-                    await trio.sleep(0.01)
+
+                async def both_workers_joined() -> bool:
+                    return len((await client.status())["workers"]) == 2
+
+                await procs.poll_until(both_workers_joined)
                 pids = await client.gather(await client.map(worker_pid, range(40)))
             assert len(set(pids)) == 2, "both worker processes ran tasks"
             assert cluster.pid not in pids, "tasks ran in worker processes, not the launcher"
