@@ -20,9 +20,11 @@ scalars = st.none() | st.booleans() | int64 | st.floats(allow_nan=False) | st.te
 hashable = st.recursive(scalars, lambda inner: st.tuples(inner, inner) | st.lists(inner).map(tuple))
 plain = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=6)
-    | st.lists(inner, max_size=6).map(tuple)
-    | st.dictionaries(hashable, inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=6)
+        | st.lists(inner, max_size=6).map(tuple)
+        | st.dictionaries(hashable, inner, max_size=6)
+    ),
     max_leaves=30,
 )
 
@@ -164,6 +166,7 @@ def test_registered_type_travels_as_its_extension_not_as_a_pickle() -> None:
     assert serializer.loads(data) == [Point(1, 2)]
     with pytest.raises(SerializationError, match="unknown extension type"):
         Serializer().loads(data)  # not a pickle: a party without the hook cannot read it
+
 
 def test_unknown_extension_code_is_a_clear_error() -> None:
     data = _point_serializer().dumps(Point(3, 4))

@@ -202,7 +202,7 @@ async def _measure_tasks(address: str, token: str, cfg: RunConfig) -> dict[str, 
 
     async with trioq.connect(address, token=token) as client:
         with trio.fail_after(cfg.timeout):
-            while len((await client.status())["workers"]) < 2:
+            while len((await client.status())["workers"]) < 2:  # noqa: ASYNC110 (other processes)
                 await trio.sleep(0.05)
 
         async def map_gather(n: int) -> float:
