@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     scheduler.add_argument(
         "--prefetch", type=int, default=1, help="push: tasks sent ahead per worker (1)"
     )
+    scheduler.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=10.0,
+        help="seconds of silence after which a worker counts as dead (10)",
+    )
     _add_token_options(scheduler)
 
     cluster = commands.add_parser("cluster", help="run a scheduler and worker processes")
@@ -97,7 +103,12 @@ async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
     from ._scheduler import Scheduler
 
     scheduler = Scheduler(
-        args.host, args.port, token=token, dispatch=args.dispatch, prefetch=args.prefetch
+        args.host,
+        args.port,
+        token=token,
+        dispatch=args.dispatch,
+        prefetch=args.prefetch,
+        worker_timeout=args.worker_timeout,
     )
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -109,6 +109,7 @@ class Op(enum.IntEnum):
     TASK_ABORT = 77  # scheduler to worker, unsolicited
     TASK_RELEASE = 78
     TASK_FINISHED = 79  # scheduler to client, unsolicited
+    HEARTBEAT = 80
 
 
 #: Bytes of a frame kept for the envelope around items (message fields, array

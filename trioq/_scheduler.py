@@ -40,6 +40,8 @@ __all__ = ["Scheduler", "is_loopback"]
 
 log = logging.getLogger("trioq.scheduler")
 
+WORKER_TIMEOUT = 10.0  # seconds of silence after which a worker counts as dead
+
 
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and "localhost"."""
@@ -72,6 +74,7 @@ class Scheduler:
         max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
         dispatch: str = "pull",
         prefetch: int = 1,
+        worker_timeout: float = WORKER_TIMEOUT,
     ) -> None:
         if token is None and not is_loopback(host):
             raise ValueError(
@@ -86,6 +89,7 @@ class Scheduler:
         if max_frame_size < 2 * REPLY_OVERHEAD:
             raise ValueError(f"max_frame_size must be at least {2 * REPLY_OVERHEAD} bytes")
         self.max_frame_size = max_frame_size
+        self.worker_timeout = worker_timeout
         self.state = SchedulerState(
             max_item_bytes=max_frame_size - REPLY_OVERHEAD, dispatch=dispatch, prefetch=prefetch
         )
@@ -99,9 +103,28 @@ class Scheduler:
         sockname = listeners[0].socket.getsockname()
         host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
         self.address = f"tcp://{host}:{sockname[1]}"
-        task_status.started(self.address)
-        # trio's accept loop: it sleeps and retries when out of file descriptors.
-        await trio.serve_listeners(self._handle_connection, listeners)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_workers)
+            task_status.started(self.address)
+            # trio's accept loop: it sleeps and retries when out of file descriptors.
+            await trio.serve_listeners(self._handle_connection, listeners)
+
+    async def _watch_workers(self) -> None:
+        """Close workers not heard from for ``worker_timeout`` (they send heartbeats).
+
+        Closing the connection makes its handler run the usual disconnect,
+        which hands the worker's tasks to others.
+        """
+        while True:
+            await trio.sleep(self.worker_timeout / 4)
+            silent_since = trio.current_time() - self.worker_timeout
+            for conn in self.state.tasks.workers():
+                connection = self._connections.get(conn)
+                if connection is not None and connection.last_received < silent_since:
+                    log.warning(
+                        "worker %d silent for %.1f s: treated as dead", conn, self.worker_timeout
+                    )
+                    await trio.aclose_forcefully(connection.stream)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         conn_id = self._next_conn

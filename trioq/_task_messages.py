@@ -24,6 +24,7 @@ __all__ = [
     "TaskCancel",
     "TaskRelease",
     "TaskFinished",
+    "Heartbeat",
 ]
 
 
@@ -137,3 +138,11 @@ class TaskFinished(Message):
     OP = Op.TASK_FINISHED
     key: str
     status: str
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """One-way, from a worker: still alive (sent every few seconds)."""
+
+    OP = Op.HEARTBEAT

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ._impl import core
 from ._messages import Message, Ok
 from ._task_messages import (
+    Heartbeat,
     Submit,
     TaskAbort,
     TaskAssign,
@@ -86,7 +87,16 @@ class _Task:
 class TaskBoard:
     """The scheduler's tasks and workers.  ``SchedulerState`` feeds it requests."""
 
-    MESSAGES = (WorkerHello, WorkerReady, TaskDone, Submit, TaskResult, TaskCancel, TaskRelease)
+    MESSAGES = (
+        WorkerHello,
+        WorkerReady,
+        TaskDone,
+        Submit,
+        TaskResult,
+        TaskCancel,
+        TaskRelease,
+        Heartbeat,
+    )
 
     def __init__(
         self,
@@ -131,6 +141,8 @@ class TaskBoard:
         elif isinstance(message, TaskCancel):
             self._cancel(message.key, out)
             out.append(Reply(conn, rid, Ok()))
+        elif isinstance(message, Heartbeat):
+            self._worker(conn)  # the shell notes when each connection was last heard
         elif isinstance(message, TaskRelease):
             task = self._tasks.get(message.key)
             if task is not None:
@@ -193,6 +205,10 @@ class TaskBoard:
         task = self._tasks.get(key)
         if task is not None:
             task.readers.pop((conn, rid), None)
+
+    def workers(self) -> list[int]:
+        """Connections that are workers."""
+        return list(self._workers)
 
     def is_reader(self, conn: int, rid: int, key: str) -> bool:
         """Is request ``rid`` of ``conn`` waiting for the outcome of ``key``?"""

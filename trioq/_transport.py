@@ -63,6 +63,7 @@ class FramedConnection:
         self._broken: BaseException | None = None
         self.writer_done = trio.Event()
         self._last_flush = -math.inf
+        self.last_received = trio.current_time()  # when bytes last came in
         #: Called by the writer just before it takes the buffer: the owner's
         #: chance to turn deferred work (acknowledgements, gathered puts) into frames.
         self.before_flush: Callable[[], None] | None = None
@@ -200,6 +201,7 @@ class FramedConnection:
         try:
             while True:
                 data = await self.stream.receive_some(_RECEIVE_SIZE)
+                self.last_received = trio.current_time()
                 if not data:
                     if not decoder.at_boundary():
                         raise RemoteProtocolError("the peer closed the connection mid-frame")

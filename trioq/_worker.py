@@ -13,7 +13,9 @@ Rules:
 * Payloads are unpickled here: a worker trusts its scheduler, which it
   authenticated with the shared token.
 * Leaving ``run`` (cancellation, or the scheduler going away) closes the
-  connection; the scheduler then reschedules what was running.
+  connection; the scheduler then reschedules what was running.  A
+  heartbeat every ``HEARTBEAT_INTERVAL`` seconds tells the scheduler the
+  worker is alive while its tasks run long; a silent worker counts as dead.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import trio
 
 from ._client import Client, connect
 from ._messages import Message, Ok
-from ._task_messages import TaskAbort, TaskAssign, TaskDone, WorkerHello, WorkerReady
+from ._task_messages import Heartbeat, TaskAbort, TaskAssign, TaskDone, WorkerHello, WorkerReady
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "HEARTBEAT_INTERVAL"]
+
+HEARTBEAT_INTERVAL = 2.0  # seconds; the scheduler's worker_timeout should be several of these
 
 
 class Worker:
@@ -76,9 +80,17 @@ class Worker:
             client._task_handler = self._on_task_message
             await client._request(WorkerHello(self.name, self.nthreads, self.series), Ok)
             client._send_oneway(WorkerReady(self.nthreads))
+            nursery.start_soon(self._heartbeat)
             task_status.started()
             await client._done.wait()  # the connection ended
             nursery.cancel_scope.cancel()
+
+    async def _heartbeat(self) -> None:
+        """Tell the scheduler this worker is alive, even while its tasks run long."""
+        assert self._client is not None
+        while not self._client._closed and self._client._broken is None:
+            self._client._send_oneway(Heartbeat())
+            await trio.sleep(HEARTBEAT_INTERVAL)
 
     @property
     def running(self) -> int:
