@@ -39,6 +39,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from state_answers import answers, fail_of, reply_to
 
 from trioq._messages import (
     ITEM_OVERHEAD,
@@ -149,25 +150,6 @@ def check_credit_rules(state: SchedulerState) -> None:
         if queue.putters:
             idle = set(queue.reserved) - set(queue.revoking)
             assert not idle, f"a put waits while {sorted(idle)} hold credit not revoked"
-
-
-def answers(out: Out, conn: int, rid: int) -> list[Reply | Fail]:
-    return [i for i in out if isinstance(i, Reply | Fail) and (i.conn, i.request_id) == (conn, rid)]
-
-
-def reply_to(out: Out, conn: int, rid: int) -> Message:
-    """The ``Reply`` message for (conn, rid) in ``out``; fails if absent or a ``Fail``."""
-    found = answers(out, conn, rid)
-    assert len(found) == 1, f"expected one answer to {conn}/{rid}, got {out}"
-    assert isinstance(found[0], Reply), found[0]
-    return found[0].message
-
-
-def fail_of(out: Out, conn: int, rid: int) -> Fail:
-    found = answers(out, conn, rid)
-    assert len(found) == 1, f"expected one answer to {conn}/{rid}, got {out}"
-    assert isinstance(found[0], Fail), found[0]
-    return found[0]
 
 
 def answered(out: Out, conn: int, rid: int) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from state_answers import answers, fail_of, reply_to
 
 from trioq._messages import Cancel, Message, Ok, Status, StatusReport
 from trioq._state import Fail, Notice, Reply, SchedulerState
@@ -130,24 +131,6 @@ def payload(key: str) -> bytes:
 
 def result(key: str) -> bytes:
     return f"result-{key}".encode()
-
-
-def answers(out: Out, conn: int, rid: int) -> list[Reply | Fail]:
-    return [i for i in out if isinstance(i, Reply | Fail) and (i.conn, i.request_id) == (conn, rid)]
-
-
-def reply_to(out: Out, conn: int, rid: int) -> Message:
-    found = answers(out, conn, rid)
-    assert len(found) == 1, f"expected one answer to {conn}/{rid}, got {out}"
-    assert isinstance(found[0], Reply), found[0]
-    return found[0].message
-
-
-def fail_of(out: Out, conn: int, rid: int) -> Fail:
-    found = answers(out, conn, rid)
-    assert len(found) == 1, f"expected one answer to {conn}/{rid}, got {out}"
-    assert isinstance(found[0], Fail), found[0]
-    return found[0]
 
 
 def notices(out: Out, conn: int) -> list[Message]:

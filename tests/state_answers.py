@@ -1,0 +1,30 @@
+"""Picking the answers to one request out of a ``SchedulerState`` instruction list.
+
+Shared by the sans-IO tests of queues (test_state) and tasks (test_tasks_state).
+"""
+
+from __future__ import annotations
+
+from trioq._messages import Message
+from trioq._state import Fail, Out, Reply
+
+
+def answers(out: Out, conn: int, rid: int) -> list[Reply | Fail]:
+    """Every ``Reply`` or ``Fail`` for request ``rid`` of connection ``conn``."""
+    return [i for i in out if isinstance(i, Reply | Fail) and (i.conn, i.request_id) == (conn, rid)]
+
+
+def reply_to(out: Out, conn: int, rid: int) -> Message:
+    """The ``Reply`` message for (conn, rid) in ``out``; fails if absent or a ``Fail``."""
+    found = answers(out, conn, rid)
+    assert len(found) == 1, f"expected one answer to {conn}/{rid}, got {out}"
+    assert isinstance(found[0], Reply), found[0]
+    return found[0].message
+
+
+def fail_of(out: Out, conn: int, rid: int) -> Fail:
+    """The ``Fail`` for (conn, rid) in ``out``; fails if absent or a ``Reply``."""
+    found = answers(out, conn, rid)
+    assert len(found) == 1, f"expected one answer to {conn}/{rid}, got {out}"
+    assert isinstance(found[0], Fail), found[0]
+    return found[0]
