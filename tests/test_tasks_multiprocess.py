@@ -154,6 +154,23 @@ class Pool:
         return "\n".join(p.describe() for p in [*self.live.values(), *self.killed])
 
 
+@asynccontextmanager
+async def coordinated_pool(
+    scheduler: procs.SchedulerProc, note: str = ""
+) -> AsyncIterator[tuple[Pool, Any]]:
+    """A pool of worker processes and a "coordinator" client; on failure, says who did what."""
+    async with AsyncExitStack() as stack:
+        pool = Pool(scheduler, stack)
+        client = await stack.enter_async_context(
+            trioq.connect(scheduler.address, token=scheduler.token, name="coordinator")
+        )
+        try:
+            yield pool, client
+        except BaseException:
+            print(f"{note}\n{pool.describe()}".strip())
+            raise
+
+
 # -- task functions, sent by value ------------------------------------------------------------
 
 
@@ -215,45 +232,37 @@ async def test_workers_killed_at_random_moments_lose_no_task_and_repeat_none(
     seed = rng.randrange(2**32)
     rng.seed(seed)
     echo, async_echo = make_echo(), make_async_echo()
-    async with AsyncExitStack() as stack:
-        pool = Pool(scheduler, stack)
-        client = await stack.enter_async_context(
-            trioq.connect(scheduler.address, token=scheduler.token, name="coordinator")
-        )
-        try:
-            for _ in range(3):
-                await pool.start(nthreads=2)
-            with trio.fail_after(READY_TIMEOUT):
-                await wait_for_workers(client, set(pool.live))
-            futures = [
-                await client.submit(echo if i % 2 else async_echo, i, rng.uniform(0, 0.02))
-                for i in range(count)
-            ]
-            kills = 0
-            with trio.fail_after(RUN_TIMEOUT):
-                seen: Counter[str] = Counter()
-                async with trio.open_nursery() as nursery:
+    async with coordinated_pool(scheduler, f"seed {seed}") as (pool, client):
+        for _ in range(3):
+            await pool.start(nthreads=2)
+        with trio.fail_after(READY_TIMEOUT):
+            await wait_for_workers(client, set(pool.live))
+        futures = [
+            await client.submit(echo if i % 2 else async_echo, i, rng.uniform(0, 0.02))
+            for i in range(count)
+        ]
+        kills = 0
+        with trio.fail_after(RUN_TIMEOUT):
+            seen: Counter[str] = Counter()
+            async with trio.open_nursery() as nursery:
 
-                    async def killer() -> None:
-                        nonlocal kills
-                        while kills < 4:
-                            await trio.sleep(rng.uniform(0.05, 0.25))  # a random moment
-                            busy = [n for n, r in (await workers_up(client)).items() if r]
-                            busy = [n for n in busy if n in pool.live]
-                            if busy and len(pool.live) > 1:
-                                pool.kill(rng.choice(busy))
-                                kills += 1
-                                await pool.start(nthreads=2)  # a replacement joins later
+                async def killer() -> None:
+                    nonlocal kills
+                    while kills < 4:
+                        await trio.sleep(rng.uniform(0.05, 0.25))  # a random moment
+                        busy = [n for n, r in (await workers_up(client)).items() if r]
+                        busy = [n for n in busy if n in pool.live]
+                        if busy and len(pool.live) > 1:
+                            pool.kill(rng.choice(busy))
+                            kills += 1
+                            await pool.start(nthreads=2)  # a replacement joins later
 
-                    nursery.start_soon(killer)
-                    nursery.start_soon(pool.fail_if_a_worker_exits)
-                    async for future in client.as_completed(futures):
-                        seen[future.key] += 1
-                    nursery.cancel_scope.cancel()
-                results = await client.gather(futures)
-        except BaseException:
-            print(f"seed {seed}\n{pool.describe()}")
-            raise
+                nursery.start_soon(killer)
+                nursery.start_soon(pool.fail_if_a_worker_exits)
+                async for future in client.as_completed(futures):
+                    seen[future.key] += 1
+                nursery.cancel_scope.cancel()
+            results = await client.gather(futures)
     assert results == list(range(count)), f"seed {seed}"
     assert set(seen) == {f.key for f in futures} and set(seen.values()) == {1}
     assert kills >= 2, f"only {kills} workers were killed while the tasks ran (seed {seed})"
@@ -263,60 +272,44 @@ async def test_workers_killed_at_random_moments_lose_no_task_and_repeat_none(
 async def test_a_task_that_kills_its_worker_fails_with_worker_lost_after_three_deaths(
     scheduler: procs.SchedulerProc,
 ) -> None:
-    async with AsyncExitStack() as stack:
-        pool = Pool(scheduler, stack)
-        client = await stack.enter_async_context(
-            trioq.connect(scheduler.address, token=scheduler.token, name="coordinator")
-        )
-        try:
-            names = {await pool.start() for _ in range(4)}
-            procs_by_name = dict(pool.live)
-            with trio.fail_after(READY_TIMEOUT):
-                await wait_for_workers(client, names)
-            deadly = await client.submit(make_suicide())
-            with trio.fail_after(RUN_TIMEOUT):
-                with pytest.raises(trioq.WorkerLostError, match="3 workers that died"):
-                    await deadly
-            assert deadly.status == "lost"
+    async with coordinated_pool(scheduler) as (pool, client):
+        names = {await pool.start() for _ in range(4)}
+        procs_by_name = dict(pool.live)
+        with trio.fail_after(READY_TIMEOUT):
+            await wait_for_workers(client, names)
+        deadly = await client.submit(make_suicide())
+        with trio.fail_after(RUN_TIMEOUT):
+            with pytest.raises(trioq.WorkerLostError, match="3 workers that died"):
+                await deadly
+        assert deadly.status == "lost"
 
-            def dead() -> list[procs.Proc]:
-                return [p for p in procs_by_name.values() if p.process.poll() is not None]
+        def dead() -> list[procs.Proc]:
+            return [p for p in procs_by_name.values() if p.process.poll() is not None]
 
-            with trio.fail_after(STEP_TIMEOUT):
-                await procs.poll_until(lambda: len(dead()) >= 3)
-                (survivor,) = set(await workers_up(client))
-            assert len(dead()) == 3
-            assert all(p.returncode == -signal.SIGKILL for p in dead())
-            assert procs_by_name[survivor].returncode is None
-            with trio.fail_after(STEP_TIMEOUT):
-                assert await (await client.submit(make_echo(), 7, 0)) == 7  # it still works
-        except BaseException:
-            print(pool.describe())
-            raise
+        with trio.fail_after(STEP_TIMEOUT):
+            await procs.poll_until(lambda: len(dead()) >= 3)
+            (survivor,) = set(await workers_up(client))
+        assert len(dead()) == 3
+        assert all(p.returncode == -signal.SIGKILL for p in dead())
+        assert procs_by_name[survivor].returncode is None
+        with trio.fail_after(STEP_TIMEOUT):
+            assert await (await client.submit(make_echo(), 7, 0)) == 7  # it still works
 
 
 async def test_series_tasks_run_only_in_the_worker_process_started_with_that_series(
     scheduler: procs.SchedulerProc,
 ) -> None:
-    async with AsyncExitStack() as stack:
-        pool = Pool(scheduler, stack)
-        client = await stack.enter_async_context(
-            trioq.connect(scheduler.address, token=scheduler.token, name="coordinator")
-        )
-        try:
-            plain = await pool.start(nthreads=2)
-            gpu = await pool.start(nthreads=2, series=("gpu",))
-            with trio.fail_after(READY_TIMEOUT):
-                await wait_for_workers(client, {plain, gpu})
-            getpid = make_getpid()
-            with trio.fail_after(RUN_TIMEOUT):
-                gpu_pids = await client.gather(
-                    [await client.submit(getpid, series="gpu") for _ in range(20)]
-                )
-                any_pids = await client.gather([await client.submit(getpid) for _ in range(20)])
-        except BaseException:
-            print(pool.describe())
-            raise
+    async with coordinated_pool(scheduler) as (pool, client):
+        plain = await pool.start(nthreads=2)
+        gpu = await pool.start(nthreads=2, series=("gpu",))
+        with trio.fail_after(READY_TIMEOUT):
+            await wait_for_workers(client, {plain, gpu})
+        getpid = make_getpid()
+        with trio.fail_after(RUN_TIMEOUT):
+            gpu_pids = await client.gather(
+                [await client.submit(getpid, series="gpu") for _ in range(20)]
+            )
+            any_pids = await client.gather([await client.submit(getpid) for _ in range(20)])
         assert set(gpu_pids) == {pool.live[gpu].pid}
         assert set(any_pids) <= {pool.live[gpu].pid, pool.live[plain].pid}
 
@@ -329,22 +322,14 @@ def local_only(x: int) -> int:
 async def test_a_function_the_worker_process_cannot_load_fails_the_task_not_the_worker(
     scheduler: procs.SchedulerProc,
 ) -> None:
-    async with AsyncExitStack() as stack:
-        pool = Pool(scheduler, stack)
-        client = await stack.enter_async_context(
-            trioq.connect(scheduler.address, token=scheduler.token, name="coordinator")
-        )
-        try:
-            name = await pool.start()
-            with trio.fail_after(READY_TIMEOUT):
-                await wait_for_workers(client, {name})
-            with trio.fail_after(STEP_TIMEOUT):
-                future = await client.submit(local_only, 1)
-                with pytest.raises(trioq.SerializationError, match="test_tasks_multiprocess") as c:
-                    await future
-                assert "remote traceback" in c.value.__notes__[0]
-                assert await (await client.submit(make_echo(), 5, 0)) == 5
-            assert pool.live[name].returncode is None
-        except BaseException:
-            print(pool.describe())
-            raise
+    async with coordinated_pool(scheduler) as (pool, client):
+        name = await pool.start()
+        with trio.fail_after(READY_TIMEOUT):
+            await wait_for_workers(client, {name})
+        with trio.fail_after(STEP_TIMEOUT):
+            future = await client.submit(local_only, 1)
+            with pytest.raises(trioq.SerializationError, match="test_tasks_multiprocess") as c:
+                await future
+            assert "remote traceback" in c.value.__notes__[0]
+            assert await (await client.submit(make_echo(), 5, 0)) == 5
+        assert pool.live[name].returncode is None
