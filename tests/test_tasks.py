@@ -756,3 +756,27 @@ async def test_a_task_may_submit_tasks_of_its_own_through_its_own_client() -> No
 async def submit_inner(address: str) -> int:
     async with trioq.connect(address, name="inner") as inner:
         return int(await (await inner.submit(add, 40, 2)))
+
+
+async def test_a_task_reaches_the_cluster_through_its_workers_connection() -> None:
+    async with cluster_and_client(workers=1, nthreads=2) as (_, client):
+        with trio.fail_after(WAIT):
+            assert await (await client.submit(put_through_worker_client, "from-async")) is None
+            await client.submit(put_from_thread_through_worker_client, "from-thread")
+            queue = client.queue("worker-client")
+            assert sorted([await queue.get(), await queue.get()]) == ["from-async", "from-thread"]
+
+
+def test_worker_client_outside_a_task_is_a_runtime_error() -> None:
+    with pytest.raises(RuntimeError, match="inside a task"):
+        trioq.worker_client()
+
+
+async def put_through_worker_client(item: str) -> None:
+    await trioq.worker_client().queue("worker-client").put(item)
+
+
+def put_from_thread_through_worker_client(item: str) -> None:
+    client = trioq.worker_client()
+    queue = trio.from_thread.run_sync(client.queue, "worker-client")  # handles talk to trio
+    trio.from_thread.run(queue.put, item)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ._queue import Queue, QueueReceiveChannel, QueueSendChannel
     from ._scheduler import Scheduler
     from ._variable import Variable
-    from ._worker import Worker
+    from ._worker import Worker, worker_client
 
 __version__ = "0.1.0.dev0"
 
@@ -51,6 +51,7 @@ _LAZY = {
     "Variable": "._variable",
     "Future": "._future",
     "Worker": "._worker",
+    "worker_client": "._worker",
 }
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "Variable",
     "Future",
     "Worker",
+    "worker_client",
     "TrioqError",
     "ProtocolError",
     "LocalProtocolError",

@@ -20,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import os
@@ -34,9 +35,26 @@ from ._client import Client, connect
 from ._messages import Message, Ok
 from ._task_messages import Heartbeat, TaskAbort, TaskAssign, TaskDone, WorkerHello, WorkerReady
 
-__all__ = ["Worker", "HEARTBEAT_INTERVAL"]
+__all__ = ["Worker", "HEARTBEAT_INTERVAL", "worker_client"]
 
 HEARTBEAT_INTERVAL = 2.0  # seconds; the scheduler's worker_timeout should be several of these
+
+_current_client: contextvars.ContextVar[Client] = contextvars.ContextVar("trioq_worker_client")
+
+
+def worker_client() -> Client:
+    """The connection of the worker running the current task.
+
+    A task uses it to reach the cluster (queues, variables, more tasks)
+    without a connection of its own.  A task running in a worker thread
+    must go through trio for it: ``trio.from_thread.run_sync`` to make a
+    handle (``client.queue(...)``), ``trio.from_thread.run`` to await.  Raises
+    ``RuntimeError`` outside a task.
+    """
+    try:
+        return _current_client.get()
+    except LookupError:
+        raise RuntimeError("worker_client() is only available inside a task") from None
 
 
 class Worker:
@@ -116,6 +134,7 @@ class Worker:
         with scope:
             await self._slots.acquire()  # pushed tasks beyond the slots wait here
             try:
+                _current_client.set(client)  # this task's context only
                 fn, args, kwargs = client._serializer.loads(payload)
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args, **kwargs)
