@@ -111,13 +111,19 @@ def register(contender: Contender) -> None:
 # peer that has the same key; the name must stay "trioq".
 # ==========================================================================
 
-from peers.trioq_contender import measure_trioq, measure_trioq_tasks  # noqa: E402
+from peers.trioq_contender import (  # noqa: E402
+    measure_trioq,
+    measure_trioq_tasks,
+    measure_trioq_tasks_push,
+)
 
 # fmt: off
 register(Contender("trioq", "trioq Queue between two processes, via a scheduler process",
                    measure_trioq, ("trioq",), (100_000, 5_000), (2_000, 200)))
-register(Contender("trioq-tasks", "trioq no-op tasks, 2 worker processes",
+register(Contender("trioq-tasks", "trioq no-op tasks, 2 worker processes, pull dispatch",
                    measure_trioq_tasks, ("trioq",), (20_000, 300), (500, 50)))
+register(Contender("trioq-tasks-push", "the same, push dispatch with a prefetch window of 16",
+                   measure_trioq_tasks_push, ("trioq",), (20_000, 300), (500, 50)))
 # fmt: on
 
 # fmt: off
@@ -183,27 +189,32 @@ def _is_trioq(name: str) -> bool:
 
 
 def ratios(outcomes: list[Outcome]) -> list[dict[str, Any]]:
-    """trioq against every peer, key by key; > 1 means trioq is better."""
+    """Every trioq contender against every peer, key by key; > 1: trioq is better.
+
+    Each trioq contender is compared on the keys it measures ("trioq": queue
+    keys; "trioq-tasks" and "trioq-tasks-push": task keys, one per dispatch
+    policy), so two policies measuring the same key each get their row.
+    """
     by_name = {o.name: o.measurements for o in outcomes if o.measurements}
-    ours: dict[str, Measurement] = {}
-    for name, measured in by_name.items():
-        if _is_trioq(name):  # "trioq" (queues) and "trioq-tasks" measure different keys
-            ours.update(measured)
-    if not ours:
-        return []
     rows: list[dict[str, Any]] = []
-    for peer, theirs in by_name.items():
-        if _is_trioq(peer):
+    for mine_name, ours in by_name.items():
+        if not _is_trioq(mine_name):
             continue
-        for key in KEYS:
-            mine, other = ours.get(key), theirs.get(key)
-            if isinstance(mine, Throughput) and isinstance(other, Throughput):
-                pairs = [("median", mine.median / other.median)]
-            elif isinstance(mine, Latency) and isinstance(other, Latency):
-                pairs = [("p50", other.p50 / mine.p50), ("p99", other.p99 / mine.p99)]
-            else:
+        for peer, theirs in by_name.items():
+            if _is_trioq(peer):
                 continue
-            rows += [{"peer": peer, "key": key, "stat": st, "ratio": r} for st, r in pairs]
+            for key in KEYS:
+                mine, other = ours.get(key), theirs.get(key)
+                if isinstance(mine, Throughput) and isinstance(other, Throughput):
+                    pairs = [("median", mine.median / other.median)]
+                elif isinstance(mine, Latency) and isinstance(other, Latency):
+                    pairs = [("p50", other.p50 / mine.p50), ("p99", other.p99 / mine.p99)]
+                else:
+                    continue
+                rows += [
+                    {"trioq": mine_name, "peer": peer, "key": key, "stat": st, "ratio": r}
+                    for st, r in pairs
+                ]
     return rows
 
 
@@ -281,7 +292,7 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
         return
     for row in rows:
         label = f"{KEYS[row['key']]} {row['stat']}"
-        print(f"  vs {row['peer']:<16}{label:<34}{row['ratio']:>8.2f}x")
+        print(f"  {row['trioq']:<17} vs {row['peer']:<16}{label:<34}{row['ratio']:>8.2f}x")
 
 
 # --------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from ._exceptions import (
     RemoteProtocolError,
     collapse_single_groups,
 )
+from ._future import Future
 from ._impl import core
 from ._messages import (
     ITEM_OVERHEAD,
@@ -55,11 +56,10 @@ from ._messages import (
     encode_message,
 )
 from ._pickling import full_serializer
-from ._task_messages import TaskAbort, TaskAssign, TaskFinished
+from ._task_messages import TaskAbort, TaskAssign, TaskFinished, TaskWatch
 from ._transport import FramedConnection
 
 if TYPE_CHECKING:
-    from ._future import Future
     from ._queue import Queue
     from ._variable import Variable
 
@@ -130,6 +130,10 @@ def _ignore(pending: _Pending) -> None:
     pass
 
 
+def _key_of(future: Future) -> str:
+    return future.key
+
+
 class Client:
     """A connection to a trioq scheduler.  Create it with ``trioq.connect``."""
 
@@ -147,6 +151,8 @@ class Client:
         self._closed = False
         self._done = trio.Event()  # set when run() has ended
         self._serializer = full_serializer()
+        self._serializer.register_reference(Future, _key_of)
+        self._serializer.resolver = self._adopt_future
         self._queue_links: dict[str, Any] = {}
         self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
         self._task_change = trio.Event()  # set (and replaced) when a task of ours ends
@@ -470,6 +476,17 @@ class Client:
                     if cls is not None
                     else RemoteError(notice.kind, notice.message)
                 )
+
+    def _adopt_future(self, key: str) -> Future:
+        """The future for ``key`` read from an item, a value or a task: this
+        client's own if it has one, else a new one the scheduler is told to
+        keep (and report the end of) for this client."""
+        future = self._futures.get(key)
+        if future is None:
+            future = self._futures[key] = Future(self, key)
+            if not self._connection.is_broken:
+                self._send_oneway(TaskWatch(key))
+        return future
 
     def _task_ended(self) -> None:
         """Wake ``as_completed`` iterators: a future of this client has ended."""

@@ -30,7 +30,7 @@ from ._exceptions import (
 )
 from ._messages import Ok
 from ._pickling import pickle_dumps
-from ._serialize import Pickled, Serializer
+from ._serialize import Pickled, Serializer, note_reference, resolve_reference
 from ._task_messages import Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
 if TYPE_CHECKING:
@@ -105,6 +105,12 @@ class Future:
     def __await__(self) -> Any:
         return self.result().__await__()
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled, a future is its key; a trioq client or worker reading it
+        back gets a live future bound to its own connection."""
+        note_reference(self.key)
+        return resolve_reference, (self.key,)
+
     async def cancel(self) -> None:
         """Cancel the task: dropped if pending, stopped on its worker if running.
 
@@ -164,7 +170,7 @@ async def submit(
     if key in client._futures:
         raise ValueError(f"this client has a task with key {key!r} already")
     pickled = _pickled_fn if _pickled_fn is not None else Pickled(pickle_dumps(fn))
-    payload = client._serializer.dumps((pickled, args, kwargs))
+    payload = client._serializer.dumps_item((pickled, args, kwargs))
     await trio.lowlevel.checkpoint_if_cancelled()
     future = Future(client, key)
     # Sent without waiting: requests on a connection are applied in order, so

@@ -157,7 +157,7 @@ class Queue:
         closed or it was deleted, ``SerializationError`` for an item that
         cannot be serialized.  If cancelled, the item was not put.
         """
-        await self._put([self._client._serializer.dumps(item)], wait=True)
+        await self._put([self._client._serializer.dumps_item(item)], wait=True)
 
     async def put_nowait(self, item: Any) -> None:
         """Put one item or raise ``trio.WouldBlock`` if there is no room now.
@@ -165,7 +165,7 @@ class Queue:
         Never waits for room; may take one round trip to ask the scheduler.
         Raises what ``put`` raises.
         """
-        await self._put([self._client._serializer.dumps(item)], wait=False)
+        await self._put([self._client._serializer.dumps_item(item)], wait=False)
 
     async def put_batch(self, items: Iterable[Any]) -> None:
         """Put several items, all or none, in order (waits for room for all).
@@ -173,7 +173,7 @@ class Queue:
         ``ValueError`` if a bounded queue could never hold them all at once;
         otherwise raises what ``put`` raises.  If cancelled, none was put.
         """
-        dumps = self._client._serializer.dumps
+        dumps = self._client._serializer.dumps_item
         data = [dumps(item) for item in items]
         if data:
             await self._put(data, wait=True)

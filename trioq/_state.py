@@ -19,6 +19,9 @@ Rules:
 * A parked request (a get waiting for an item, a put waiting for room, a
   variable read waiting for a value) answers exactly once: served, failed,
   or withdrawn by ``Cancel`` (answered with the ``Cancelled`` kind).
+* An item or value that refers to futures (an ``EXT_REFERENCES`` envelope,
+  read without decoding the item) keeps their tasks alive while it is
+  stored or leased; the connection it is handed to holds them from then on.
 
 Complexity: O(1) per item moved; O(parked) to find work after a change.
 """
@@ -58,6 +61,7 @@ from ._messages import (
     VariableGet,
     VariableSet,
 )
+from ._serialize import references_of
 from ._task_messages import TaskResult
 from ._tasks import TaskBoard, TaskRefused
 
@@ -95,6 +99,19 @@ class Notice:
 
 
 Out = list[Reply | Fail | Notice]
+
+
+_ENVELOPE_START = b"\xc9"  # the first byte of a reference envelope (and of big ext values)
+
+
+def _check_references(items: list[bytes]) -> None:
+    """Refuse a put or set whose reference envelope is malformed, before any change."""
+    for item in items:
+        if item[:1] == _ENVELOPE_START:
+            try:
+                references_of(item)
+            except ValueError as exc:
+                raise StateError("ValueError", str(exc)) from None
 
 
 def _may_wait(message: Message) -> bool:
@@ -266,6 +283,7 @@ class SchedulerState:
             raise StateError(
                 "ClosedResourceError", f"queue {msg.queue!r} was closed by its last send endpoint"
             )
+        _check_references(msg.items)
         n = len(msg.items)
         largest = max(map(len, msg.items), default=0)
         if largest > self.max_item_bytes:
@@ -297,7 +315,7 @@ class SchedulerState:
                 self._park(conn, rid, "put", msg.queue)
                 queue.putters[(conn, rid)] = msg.items
                 return
-        queue.items.extend(msg.items)
+        self._store(queue, msg.items)
         if rid or queue.reserved.get(conn, 0) <= self._window(queue) // 2:
             self._offer_credit(queue, conn, out)  # top up before the producer runs dry
         if rid:
@@ -327,6 +345,7 @@ class SchedulerState:
             if entry is not None:
                 entry[0].leased -= 1
                 freed[id(entry[0])] = entry[0]
+                self._release_references(entry[1])
         for queue in freed.values():
             if self._queues.get(queue.name) is queue:
                 self._settle(queue, out)  # room for putters; maybe the end for getters
@@ -346,6 +365,8 @@ class SchedulerState:
     def _on_queue_delete(self, conn: int, rid: int, msg: QueueDelete, out: Out) -> None:
         queue = self._queues.pop(msg.queue, None)
         if queue is not None:
+            for item in queue.items:
+                self._release_references(item)
             self._stop_credit(queue, out, "deleted")
             text = f"queue {msg.queue!r} was deleted"
             for (owner, request), _ in [*queue.getters.items(), *queue.putters.items()]:
@@ -397,15 +418,22 @@ class SchedulerState:
                 f"a value of {len(msg.value)} bytes is over this scheduler's limit of "
                 f"{self.max_item_bytes} bytes",
             )
+        _check_references([msg.value])
+        old = self._variables.get(msg.name)
         self._variables[msg.name] = msg.value
+        self._keep_references(msg.value)
+        if old is not None:
+            self._release_references(old)
         for owner, request in self._var_waiters.pop(msg.name, {}):
             self._conns[owner].parked.pop(request, None)
+            self._hand_references(owner, msg.value)
             out.append(Reply(owner, request, Value(msg.value)))
         out.append(Reply(conn, rid, Ok()))
 
     def _on_variable_get(self, conn: int, rid: int, msg: VariableGet, out: Out) -> None:
         value = self._variables.get(msg.name)
         if value is not None:
+            self._hand_references(conn, value)
             out.append(Reply(conn, rid, Value(value)))
         elif not msg.wait:
             raise StateError("LookupError", f"variable {msg.name!r} is not set")
@@ -414,7 +442,9 @@ class SchedulerState:
             self._var_waiters.setdefault(msg.name, {})[(conn, rid)] = None
 
     def _on_variable_delete(self, conn: int, rid: int, msg: VariableDelete, out: Out) -> None:
-        self._variables.pop(msg.name, None)
+        old = self._variables.pop(msg.name, None)
+        if old is not None:
+            self._release_references(old)
         out.append(Reply(conn, rid, Ok()))
 
     def _on_credit_return(self, conn: int, rid: int, msg: CreditReturn, out: Out) -> None:
@@ -522,6 +552,7 @@ class SchedulerState:
         first = state.next_lease
         for offset, item in enumerate(items):
             state.leases[first + offset] = (queue, item)
+            self._hand_references(conn, item)
         state.next_lease = first + n
         queue.leased += n
         out.append(Reply(conn, rid, Items(items, first)))
@@ -543,7 +574,7 @@ class SchedulerState:
                 break
             del queue.putters[(conn, rid)]
             self._conns[conn].parked.pop(rid, None)
-            queue.items.extend(items)
+            self._store(queue, items)
             self._offer_credit(queue, conn, out)
             out.append(Reply(conn, rid, PutDone()))
         self._feed_getters(queue, out)
@@ -636,7 +667,35 @@ class SchedulerState:
             if self._queues.get(queue.name) is queue:
                 queue.items.appendleft(item)
                 touched.add(queue.name)
+            else:
+                self._release_references(item)
         return touched
+
+    # -- references to futures ----------------------------------------------------------
+
+    def _store(self, queue: _Queue, items: list[bytes]) -> None:
+        """Queue ``items``; the futures they refer to stay alive meanwhile."""
+        queue.items.extend(items)
+        for item in items:
+            self._keep_references(item)
+
+    def _keep_references(self, item: bytes) -> None:
+        if item[:1] == _ENVELOPE_START:  # cheap test first: most items hold none
+            keys = references_of(item)
+            if keys:
+                self.tasks.add_refs(keys)
+
+    def _release_references(self, item: bytes) -> None:
+        if item[:1] == _ENVELOPE_START:
+            keys = references_of(item)
+            if keys:
+                self.tasks.drop_refs(keys)
+
+    def _hand_references(self, conn: int, item: bytes) -> None:
+        if item[:1] == _ENVELOPE_START:
+            keys = references_of(item)
+            if keys:
+                self.tasks.hold(conn, keys)
 
     # -- introspection ---------------------------------------------------------------
 

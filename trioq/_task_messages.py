@@ -70,12 +70,17 @@ class TaskAbort(Message):
 @_request
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskDone(Message):
-    """One-way, from a worker: ``key`` finished; ``data`` is its result or error."""
+    """One-way, from a worker: ``key`` finished; ``data`` is its result or error.
+
+    ``ready``: and send this many more tasks (the slot it freed), as a
+    ``WorkerReady`` would; one message instead of two per task.
+    """
 
     OP = Op.TASK_DONE
     key: str
     ok: bool
     data: bytes
+    ready: int = 0
 
 
 @_request
@@ -127,6 +132,17 @@ class TaskRelease(Message):
     """One-way: this connection no longer needs the result of ``key``."""
 
     OP = Op.TASK_RELEASE
+    key: str
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskWatch(Message):
+    """One-way: this connection holds ``key`` now (it read a future of it from
+    a queue, a variable or a task) and wants its ``TaskFinished``, at once if
+    it has ended."""
+
+    OP = Op.TASK_WATCH
     key: str
 
 

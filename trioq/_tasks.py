@@ -13,9 +13,11 @@ Rules:
   again in its original place.  A task whose workers died ``MAX_DEATHS``
   times ends as "lost" instead of killing more workers.  A task's own
   exception is retried only while its ``retries`` last.
-* A finished task's outcome is kept while some connection holds it (the
-  submitter, until it releases the task or goes away); parked
-  ``TaskResult`` readers are answered exactly once.
+* A finished task's outcome is kept while something holds it: a
+  connection (the submitter, or one that read a future of it, until it
+  releases the task or goes away) or a stored item or value that refers to
+  it (``add_refs``/``drop_refs``, counted).  Parked ``TaskResult`` readers
+  are answered exactly once.
 
 Complexity: O(log n) per task through the core; O(tasks) per disconnect.
 """
@@ -40,6 +42,7 @@ from ._task_messages import (
     TaskOutcome,
     TaskRelease,
     TaskResult,
+    TaskWatch,
     WorkerHello,
     WorkerReady,
 )
@@ -81,6 +84,7 @@ class _Task:
     data: bytes = b""
     deaths: int = 0
     holders: set[int] = field(default_factory=set)
+    refs: int = 0  # stored items and values referring to it
     readers: dict[tuple[int, int], None] = field(default_factory=dict)
 
 
@@ -95,6 +99,7 @@ class TaskBoard:
         TaskResult,
         TaskCancel,
         TaskRelease,
+        TaskWatch,
         Heartbeat,
     )
 
@@ -118,7 +123,7 @@ class TaskBoard:
 
     def handle(self, conn: int, rid: int, message: Message, out: Out) -> str | None:
         """Apply a task request; returns a key if the request parked waiting for it."""
-        from ._state import Reply
+        from ._state import Notice, Reply
 
         if isinstance(message, Submit):
             self._submit(conn, message)
@@ -127,6 +132,9 @@ class TaskBoard:
             return self._result(conn, rid, message, out)
         elif isinstance(message, TaskDone):
             self._done(conn, message, out)
+            if message.ready:
+                with _refusing_bad_values():
+                    self._core.request_work(conn, message.ready)
         elif isinstance(message, WorkerReady):
             self._worker(conn)
             with _refusing_bad_values():
@@ -148,6 +156,11 @@ class TaskBoard:
             if task is not None:
                 task.holders.discard(conn)
                 self._forget_if_unheld(task)
+        elif isinstance(message, TaskWatch):
+            self.hold(conn, [message.key])
+            task = self._tasks.get(message.key)
+            if task is not None and task.status in FINAL:
+                out.append(Notice(conn, TaskFinished(task.key, task.status)))
         self._dispatch(out)
         return None
 
@@ -197,6 +210,30 @@ class TaskBoard:
         if worker is not None:
             out.append(Notice(worker, TaskAbort(key)))
         self._finish(task, "cancelled", f"task {key!r} was cancelled".encode(), out)
+
+    # -- references from stored items ------------------------------------------------
+
+    def add_refs(self, keys: list[str]) -> None:
+        """An item or value referring to ``keys`` is stored: keep those tasks."""
+        for key in keys:
+            task = self._tasks.get(key)
+            if task is not None:  # unknown: reading the future will say so
+                task.refs += 1
+
+    def drop_refs(self, keys: list[str]) -> None:
+        """A stored item or value referring to ``keys`` is gone."""
+        for key in keys:
+            task = self._tasks.get(key)
+            if task is not None and task.refs:  # 0: a later task under an old key
+                task.refs -= 1
+                self._forget_if_unheld(task)
+
+    def hold(self, conn: int, keys: list[str]) -> None:
+        """``conn`` was handed references to ``keys``: it holds them now."""
+        for key in keys:
+            task = self._tasks.get(key)
+            if task is not None:
+                task.holders.add(conn)
 
     # -- connections -------------------------------------------------------------
 
@@ -268,7 +305,7 @@ class TaskBoard:
         self._forget_if_unheld(task)
 
     def _forget_if_unheld(self, task: _Task) -> None:
-        if not task.holders and task.status in FINAL and not task.readers:
+        if not task.holders and not task.refs and task.status in FINAL and not task.readers:
             del self._tasks[task.key]
 
     # -- introspection ----------------------------------------------------------------

@@ -39,7 +39,7 @@ class Variable:
         ``ValueError`` for one over the scheduler's size limit.  If cancelled,
         it either was set or was not, and the call tells (like ``Queue.put``).
         """
-        data = self._client._serializer.dumps(value)
+        data = self._client._serializer.dumps_item(value)
         await self._client._request(VariableSet(self.name, data), Ok, on_cancel="outcome")
 
     async def get(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (dask's API)

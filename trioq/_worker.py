@@ -143,7 +143,7 @@ class Worker:
                     result = await trio.to_thread.run_sync(
                         call, limiter=self._limiter, abandon_on_cancel=True
                     )
-                data = client._serializer.dumps(result)
+                data = client._serializer.dumps_item(result)
             except Exception as exc:
                 ok, data = False, self._describe_failure(exc)
             finally:
@@ -151,9 +151,10 @@ class Worker:
         del self._running[key]
         if client._closed or client._broken is not None:
             return  # the scheduler reschedules it elsewhere
-        if not scope.cancelled_caught:  # an aborted task's result is unwanted
-            client._send_oneway(TaskDone(key, ok, data))
-        client._send_oneway(WorkerReady(1))
+        if scope.cancelled_caught:  # an aborted task's result is unwanted
+            client._send_oneway(WorkerReady(1))
+        else:
+            client._send_oneway(TaskDone(key, ok, data, ready=1))
 
     def _describe_failure(self, exc: Exception) -> bytes:
         """The task's exception, as itself if it pickles, with its traceback text."""

@@ -37,7 +37,9 @@ from peers.harness import (
 
 
 @contextmanager
-def scheduler_process(timeout: float = 30.0) -> Iterator[tuple[str, str]]:
+def scheduler_process(
+    timeout: float = 30.0, options: tuple[str, ...] = ()
+) -> Iterator[tuple[str, str]]:
     """A ``python -m trioq scheduler`` on 127.0.0.1; yields (address, token)."""
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,7 +47,10 @@ def scheduler_process(timeout: float = 30.0) -> Iterator[tuple[str, str]]:
         with open(token_file, "w") as f:
             f.write(token)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trioq", "scheduler", "--port", "0", "--token-file", token_file],
+            [
+                *(sys.executable, "-m", "trioq", "scheduler", "--port", "0"),
+                *("--token-file", token_file, *options),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -242,7 +247,23 @@ async def _measure_tasks(address: str, token: str, cfg: RunConfig) -> dict[str, 
 
 
 def measure_trioq_tasks(cfg: RunConfig) -> dict[str, Measurement]:
+    """Pull dispatch (the default): a worker asks for a task as a slot frees."""
     import trio
 
     with scheduler_process() as (address, token), worker_processes(address, token, 2):
+        return trio.run(_measure_tasks, address, token, cfg)
+
+
+PUSH_PREFETCH = 16
+
+
+def measure_trioq_tasks_push(cfg: RunConfig) -> dict[str, Measurement]:
+    """Push dispatch: tasks dealt round-robin ahead of asking, up to slots + 16 each."""
+    import trio
+
+    options = ("--dispatch", "push", "--prefetch", str(PUSH_PREFETCH))
+    with (
+        scheduler_process(options=options) as (address, token),
+        worker_processes(address, token, 2),
+    ):
         return trio.run(_measure_tasks, address, token, cfg)
