@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from ._future import Future
     from ._queue import Queue, QueueReceiveChannel, QueueSendChannel
     from ._scheduler import Scheduler
+    from ._taskqueue import TaskInfo, TaskQueue
+    from ._taskqueue_workers import ProcessWorker, RemoteWorker, ThreadWorker
     from ._variable import Variable
     from ._worker import Worker, worker_client
 
@@ -52,6 +54,11 @@ _LAZY = {
     "Future": "._future",
     "Worker": "._worker",
     "worker_client": "._worker",
+    "TaskQueue": "._taskqueue",
+    "TaskInfo": "._taskqueue",
+    "ThreadWorker": "._taskqueue_workers",
+    "ProcessWorker": "._taskqueue_workers",
+    "RemoteWorker": "._taskqueue_workers",
 }
 
 __all__ = [
@@ -68,6 +75,11 @@ __all__ = [
     "Future",
     "Worker",
     "worker_client",
+    "TaskQueue",
+    "TaskInfo",
+    "ThreadWorker",
+    "ProcessWorker",
+    "RemoteWorker",
     "TrioqError",
     "ProtocolError",
     "LocalProtocolError",

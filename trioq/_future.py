@@ -31,12 +31,12 @@ from ._exceptions import (
 from ._messages import Ok
 from ._pickling import pickle_dumps
 from ._serialize import Pickled, Serializer, note_reference, resolve_reference
-from ._task_messages import Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
+from ._task_messages import Scatter, Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
 if TYPE_CHECKING:
     from ._client import Client, _Pending
 
-__all__ = ["Future", "submit", "map_tasks", "gather", "as_completed"]
+__all__ = ["Future", "submit", "scatter_value", "map_tasks", "gather", "as_completed"]
 
 
 class Future:
@@ -177,6 +177,27 @@ async def submit(
     # the scheduler knows the task before any later request about it, and a
     # refusal (a key another client uses) is raised by awaiting the future.
     client._send_request(Submit(key, payload, priority, series, retries), late=future._on_submitted)
+    client._futures[key] = future
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return future
+
+
+async def scatter_value(client: Client, value: Any, key: str | None = None) -> Future:
+    """Store ``value`` in the cluster as a finished future (a data future).
+
+    Tasks given the future as an argument receive ``value``.  Like
+    ``submit``, it does not wait for the scheduler; a refusal (a key in use)
+    is raised by awaiting the future.
+    """
+    if key is None:
+        key = f"data-{uuid.uuid4().hex}"
+    if key in client._futures:
+        raise ValueError(f"this client has a task with key {key!r} already")
+    data = client._serializer.dumps_item(value)
+    await trio.lowlevel.checkpoint_if_cancelled()
+    future = Future(client, key)
+    future.status = "finished"
+    client._send_request(Scatter(key, data), late=future._on_submitted)
     client._futures[key] = future
     await trio.lowlevel.cancel_shielded_checkpoint()
     return future

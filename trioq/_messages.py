@@ -111,6 +111,7 @@ class Op(enum.IntEnum):
     TASK_FINISHED = 79  # scheduler to client, unsolicited
     HEARTBEAT = 80
     TASK_WATCH = 81
+    SCATTER = 82
 
 
 #: Bytes of a frame kept for the envelope around items (message fields, array

@@ -19,11 +19,13 @@ __all__ = [
     "TaskAbort",
     "TaskDone",
     "Submit",
+    "Scatter",
     "TaskResult",
     "TaskOutcome",
     "TaskCancel",
     "TaskRelease",
     "TaskFinished",
+    "TaskWatch",
     "Heartbeat",
 ]
 
@@ -51,11 +53,17 @@ class WorkerReady(Message):
 @_notice
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskAssign(Message):
-    """Unsolicited, to a worker: run this task (``payload`` from the submitter)."""
+    """Unsolicited, to a worker: run this task (``payload`` from the submitter).
+
+    ``deps`` are the tasks whose futures the payload holds, ``dep_data``
+    their results: the worker passes the results in place of the futures.
+    """
 
     OP = Op.TASK_ASSIGN
     key: str
     payload: bytes
+    deps: list[str] = dataclasses.field(default_factory=list)
+    dep_data: list[bytes] = dataclasses.field(default_factory=list)
 
 
 @_notice
@@ -94,6 +102,17 @@ class Submit(Message):
     priority: int
     series: str | None
     retries: int
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scatter(Message):
+    """Store ``data`` as the result of a finished task ``key`` (a data future);
+    the connection holds it, as it would a task it submitted."""
+
+    OP = Op.SCATTER
+    key: str
+    data: bytes
 
 
 @_request

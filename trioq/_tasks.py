@@ -13,6 +13,12 @@ Rules:
   again in its original place.  A task whose workers died ``MAX_DEATHS``
   times ends as "lost" instead of killing more workers.  A task's own
   exception is retried only while its ``retries`` last.
+* A task whose payload refers to other tasks' futures (read from its
+  reference envelope) depends on them: it waits outside the core until they
+  have all finished, then is dispatched with their results; if one ends
+  otherwise (error, cancelled, lost), the task ends the same way without
+  running.  Its dependencies are kept alive until it ends.
+* ``Scatter`` stores data as a task that finished at once (a data future).
 * A finished task's outcome is kept while something holds it: a
   connection (the submitter, or one that read a future of it, until it
   releases the task or goes away) or a stored item or value that refers to
@@ -31,8 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._impl import core
 from ._messages import Message, Ok
+from ._serialize import references_of
 from ._task_messages import (
     Heartbeat,
+    Scatter,
     Submit,
     TaskAbort,
     TaskAssign,
@@ -84,7 +92,9 @@ class _Task:
     data: bytes = b""
     deaths: int = 0
     holders: set[int] = field(default_factory=set)
-    refs: int = 0  # stored items and values referring to it
+    refs: int = 0  # stored items, values and waiting tasks referring to it
+    deps: list[str] = field(default_factory=list)  # tasks it refers to (kept alive)
+    waiting: int = 0  # dependencies not finished yet: not in the core meanwhile
     readers: dict[tuple[int, int], None] = field(default_factory=dict)
 
 
@@ -96,6 +106,7 @@ class TaskBoard:
         WorkerReady,
         TaskDone,
         Submit,
+        Scatter,
         TaskResult,
         TaskCancel,
         TaskRelease,
@@ -117,6 +128,7 @@ class TaskBoard:
         self._core = core.PriorityScheduler(policy=dispatch, prefetch=prefetch)
         self._answered = answered  # a parked TaskResult was answered: it waits no more
         self._tasks: dict[str, _Task] = {}
+        self._dependents: dict[str, list[_Task]] = {}  # key -> tasks waiting for it
         self._workers: dict[int, str] = {}  # conn -> worker name
 
     # -- requests --------------------------------------------------------------
@@ -126,7 +138,10 @@ class TaskBoard:
         from ._state import Notice, Reply
 
         if isinstance(message, Submit):
-            self._submit(conn, message)
+            self._submit(conn, message, out)
+            out.append(Reply(conn, rid, Ok()))
+        elif isinstance(message, Scatter):
+            self._scatter(conn, message)
             out.append(Reply(conn, rid, Ok()))
         elif isinstance(message, TaskResult):
             return self._result(conn, rid, message, out)
@@ -164,16 +179,52 @@ class TaskBoard:
         self._dispatch(out)
         return None
 
-    def _submit(self, conn: int, msg: Submit) -> None:
+    def _submit(self, conn: int, msg: Submit, out: Out) -> None:
         if msg.key in self._tasks:
             raise TaskRefused("ValueError", f"a task with key {msg.key!r} exists already")
         if msg.retries < 0:
             raise TaskRefused("ValueError", f"retries must be >= 0, got {msg.retries}")
+        deps = self._references(msg.payload)
         with _refusing_bad_values():
-            self._core.add_task(msg.key, msg.priority, msg.series)
-        task = _Task(msg.key, msg.payload, msg.priority, msg.series, msg.retries)
+            self._core.add_task(msg.key, msg.priority, msg.series)  # checks the arguments
+        task = _Task(msg.key, msg.payload, msg.priority, msg.series, msg.retries, deps=deps)
         task.holders.add(conn)
         self._tasks[msg.key] = task
+        self.add_refs(deps)
+        failed = None
+        for key in deps:
+            dep = self._tasks[key]
+            if dep.status not in FINAL:
+                task.waiting += 1
+                self._dependents.setdefault(key, []).append(task)
+            elif dep.status != "finished" and failed is None:
+                failed = dep
+        if task.waiting or failed is not None:
+            # It was added above only to have its arguments checked before any
+            # change; it waits (or fails) outside the core.
+            self._core.cancel_task(task.key)
+        if failed is not None:
+            self._finish(task, failed.status, failed.data, out)
+
+    def _scatter(self, conn: int, msg: Scatter) -> None:
+        if msg.key in self._tasks:
+            raise TaskRefused("ValueError", f"a task with key {msg.key!r} exists already")
+        deps = self._references(msg.data)
+        task = _Task(msg.key, b"", 0, None, 0, status="finished", data=msg.data, deps=deps)
+        task.holders.add(conn)
+        self._tasks[msg.key] = task
+        self.add_refs(deps)
+
+    def _references(self, data: bytes) -> list[str]:
+        """The tasks a payload refers to; each must be known."""
+        try:
+            keys = references_of(data) or []
+        except ValueError as exc:
+            raise TaskRefused("ValueError", str(exc)) from None
+        for key in keys:
+            if key not in self._tasks:
+                raise TaskRefused("LookupError", f"no task {key!r} (never submitted, or released)")
+        return keys
 
     def _result(self, conn: int, rid: int, msg: TaskResult, out: Out) -> str | None:
         from ._state import Reply
@@ -206,7 +257,7 @@ class TaskBoard:
         task = self._task(key)
         if task.status in FINAL:
             return
-        worker = self._core.cancel_task(key)
+        worker = None if task.waiting else self._core.cancel_task(key)
         if worker is not None:
             out.append(Notice(worker, TaskAbort(key)))
         self._finish(task, "cancelled", f"task {key!r} was cancelled".encode(), out)
@@ -288,7 +339,8 @@ class TaskBoard:
         for key, worker in self._core.assignments():
             task = self._tasks[key]
             task.status = "running"
-            out.append(Notice(worker, TaskAssign(key, task.payload)))
+            dep_data = [self._tasks[dep].data for dep in task.deps]
+            out.append(Notice(worker, TaskAssign(key, task.payload, task.deps, dep_data)))
 
     def _finish(self, task: _Task, status: str, data: bytes, out: Out) -> None:
         from ._state import Notice, Reply
@@ -296,17 +348,34 @@ class TaskBoard:
         task.status = status
         task.data = data
         task.payload = b""  # not needed any more
+        task.waiting = 0
         for conn, rid in task.readers:
             out.append(Reply(conn, rid, TaskOutcome(status, data)))
             self._answered(conn, rid)
         task.readers.clear()
         for conn in task.holders:
             out.append(Notice(conn, TaskFinished(task.key, status)))
+        for dependent in self._dependents.pop(task.key, ()):
+            self._dependency_ended(dependent, task, out)
+        deps, task.deps = task.deps, []
+        self.drop_refs(deps)
         self._forget_if_unheld(task)
+
+    def _dependency_ended(self, task: _Task, dep: _Task, out: Out) -> None:
+        if task.status in FINAL:
+            return  # cancelled, or failed through another dependency
+        if dep.status != "finished":
+            self._finish(task, dep.status, dep.data, out)
+            return
+        task.waiting -= 1
+        if not task.waiting:
+            self._core.add_task(task.key, task.priority, task.series)
 
     def _forget_if_unheld(self, task: _Task) -> None:
         if not task.holders and not task.refs and task.status in FINAL and not task.readers:
             del self._tasks[task.key]
+            deps, task.deps = task.deps, []  # a scattered value's references
+            self.drop_refs(deps)
 
     # -- introspection ----------------------------------------------------------------
 
@@ -328,6 +397,10 @@ class TaskBoard:
             if task.status in FINAL:
                 assert key not in self._core, "a finished task is still scheduled"
                 assert not task.readers, "a finished task has readers waiting"
+            elif task.waiting:
+                assert key not in self._core, "a task waiting for dependencies is scheduled"
+                unfinished = [dep for dep in task.deps if self._tasks[dep].status not in FINAL]
+                assert len(unfinished) == task.waiting, "dependency count is off"
             else:
                 assert key in self._core, "an unfinished task is not scheduled"
                 running = self._core.task_state(key) == "assigned"

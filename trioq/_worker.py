@@ -121,21 +121,22 @@ class Worker:
             assert self._nursery is not None
             scope = trio.CancelScope()
             self._running[message.key] = scope
-            self._nursery.start_soon(self._run_task, message.key, message.payload, scope)
+            self._nursery.start_soon(self._run_task, message, scope)
         elif isinstance(message, TaskAbort):
             running = self._running.get(message.key)
             if running is not None:
                 running.cancel()
 
-    async def _run_task(self, key: str, payload: bytes, scope: trio.CancelScope) -> None:
+    async def _run_task(self, message: TaskAssign, scope: trio.CancelScope) -> None:
         client = self._client
         assert client is not None
+        key = message.key
         ok, data = True, b""
         with scope:
             await self._slots.acquire()  # pushed tasks beyond the slots wait here
             try:
                 _current_client.set(client)  # this task's context only
-                fn, args, kwargs = client._serializer.loads(payload)
+                fn, args, kwargs = self._load_task(client, message)
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args, **kwargs)
                 else:
@@ -155,6 +156,29 @@ class Worker:
             client._send_oneway(WorkerReady(1))
         else:
             client._send_oneway(TaskDone(key, ok, data, ready=1))
+
+    @staticmethod
+    def _load_task(client: Client, message: TaskAssign) -> Any:
+        """The task's function and arguments, with its dependencies' results
+        in place of their futures (as dask does)."""
+        serializer = client._serializer
+        if not message.deps:
+            return serializer.loads(message.payload)
+        results = {
+            key: serializer.loads(data)
+            for key, data in zip(message.deps, message.dep_data, strict=True)
+        }
+        adopt = serializer.resolver
+        assert adopt is not None
+
+        def resolve(key: str) -> Any:
+            return results[key] if key in results else adopt(key)
+
+        serializer.resolver = resolve  # no checkpoint until it is restored
+        try:
+            return serializer.loads(message.payload)
+        finally:
+            serializer.resolver = adopt
 
     def _describe_failure(self, exc: Exception) -> bytes:
         """The task's exception, as itself if it pickles, with its traceback text."""
