@@ -29,9 +29,11 @@ from ._exceptions import (
 from ._impl import core_impl
 
 if TYPE_CHECKING:
+    from ._channel import Channel, ChannelSubscription
     from ._client import Client, connect
     from ._cluster import Cluster, open_cluster
     from ._future import Future
+    from ._pipe import Pipe, PipeEnd
     from ._queue import Queue, QueueReceiveChannel, QueueSendChannel
     from ._scheduler import Scheduler
     from ._taskqueue import TaskInfo, TaskQueue
@@ -46,12 +48,16 @@ _LAZY = {
     "Client": "._client",
     "open_cluster": "._cluster",
     "Cluster": "._cluster",
+    "Channel": "._channel",
+    "ChannelSubscription": "._channel",
     "Queue": "._queue",
     "QueueSendChannel": "._queue",
     "QueueReceiveChannel": "._queue",
     "Scheduler": "._scheduler",
     "Variable": "._variable",
     "Future": "._future",
+    "Pipe": "._pipe",
+    "PipeEnd": "._pipe",
     "Worker": "._worker",
     "worker_client": "._worker",
     "TaskQueue": "._taskqueue",
@@ -72,7 +78,11 @@ __all__ = [
     "QueueSendChannel",
     "QueueReceiveChannel",
     "Variable",
+    "Channel",
+    "ChannelSubscription",
     "Future",
+    "Pipe",
+    "PipeEnd",
     "Worker",
     "worker_client",
     "TaskQueue",

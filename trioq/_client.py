@@ -60,6 +60,8 @@ from ._task_messages import TaskAbort, TaskAssign, TaskFinished, TaskWatch
 from ._transport import FramedConnection
 
 if TYPE_CHECKING:
+    from ._channel import Channel
+    from ._pipe import PipeEnd
     from ._queue import Queue
     from ._variable import Variable
 
@@ -178,11 +180,26 @@ class Client:
 
         return Queue(self, name, maxsize, prefetch=prefetch)
 
+    def channel(self, name: str, maxlen: int | None = None) -> Channel:
+        """A handle on the named replayable channel.  See ``trioq.Channel``."""
+        from ._channel import Channel
+
+        return Channel(self, name, maxlen)
+
     def variable(self, name: str) -> Variable:
         """A handle on the named variable.  See ``trioq.Variable``."""
         from ._variable import Variable
 
         return Variable(self, name)
+
+    async def pipe(self, duplex: bool = True) -> tuple[PipeEnd, PipeEnd]:
+        """Two connected pipe ends (Fiber's ``Pipe``).  See ``trioq.PipeEnd``.
+
+        ``duplex`` False: the first end only receives, the second only sends.
+        """
+        from ._pipe import open_pipe
+
+        return await open_pipe(self, duplex)
 
     async def submit(
         self,

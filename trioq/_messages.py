@@ -96,6 +96,11 @@ class Op(enum.IntEnum):
     VARIABLE_SET = 40
     VARIABLE_GET = 41
     VARIABLE_DELETE = 42
+    # replayable channels (messages in _channel_messages)
+    CHANNEL_OPEN = 50
+    CHANNEL_APPEND = 51
+    CHANNEL_READ = 52
+    CHANNEL_STOP = 53
     # introspection
     STATUS = 60
     # tasks and workers (messages in _task_messages)

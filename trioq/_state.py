@@ -32,6 +32,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ._channel_messages import ChannelRead
+from ._channels import ChannelBoard
 from ._messages import (
     ITEM_OVERHEAD,
     REPLY_OVERHEAD,
@@ -61,7 +63,6 @@ from ._messages import (
     VariableGet,
     VariableSet,
 )
-from ._serialize import references_of
 from ._task_messages import TaskResult
 from ._tasks import TaskBoard, TaskRefused
 
@@ -101,22 +102,9 @@ class Notice:
 Out = list[Reply | Fail | Notice]
 
 
-_ENVELOPE_START = b"\xc9"  # the first byte of a reference envelope (and of big ext values)
-
-
-def _check_references(items: list[bytes]) -> None:
-    """Refuse a put or set whose reference envelope is malformed, before any change."""
-    for item in items:
-        if item[:1] == _ENVELOPE_START:
-            try:
-                references_of(item)
-            except ValueError as exc:
-                raise StateError("ValueError", str(exc)) from None
-
-
 def _may_wait(message: Message) -> bool:
     """Requests that can park in the scheduler, waiting for an item, room or a value."""
-    if isinstance(message, (QueueGet, VariableGet, TaskResult)):
+    if isinstance(message, (QueueGet, VariableGet, TaskResult, ChannelRead)):
         return message.wait
     return isinstance(message, QueuePut) and message.wait and not message.credited
 
@@ -180,6 +168,7 @@ class SchedulerState:
         self._var_waiters: dict[str, dict[tuple[int, int], None]] = {}
         self._conns: dict[int, _Conn] = {}
         self.tasks = TaskBoard(dispatch, prefetch, answered=self._answered)
+        self.channels = ChannelBoard(self.tasks, max_item_bytes, answered=self._answered)
 
     # -- connections -----------------------------------------------------------
 
@@ -227,7 +216,9 @@ class SchedulerState:
             if _may_wait(message):
                 self._check_fresh(conn, request_id)  # before anything changes
             if isinstance(message, TaskBoard.MESSAGES):
-                self._handle_task(conn, request_id, message, out)
+                self._handle_board(self.tasks, "task", conn, request_id, message, out)
+            elif isinstance(message, ChannelBoard.MESSAGES):
+                self._handle_board(self.channels, "channel", conn, request_id, message, out)
             elif handler is None:
                 raise StateError("ProtocolError", f"{type(message).__name__} is not a request")
             else:
@@ -242,13 +233,28 @@ class SchedulerState:
                 out.append(Notice(conn, notice))
         return out
 
-    def _handle_task(self, conn: int, rid: int, message: Message, out: Out) -> None:
+    def _check_references(self, items: list[bytes]) -> None:
+        """Refuse a put or set with a bad reference envelope, before any change."""
         try:
-            key = self.tasks.handle(conn, rid, message, out)
+            self.tasks.check_items(items)
         except TaskRefused as exc:
             raise StateError(exc.kind, str(exc)) from None
-        if key is not None:
-            self._park(conn, rid, "task", key)
+
+    def _handle_board(
+        self,
+        board: TaskBoard | ChannelBoard,
+        kind: str,
+        conn: int,
+        rid: int,
+        message: Message,
+        out: Out,
+    ) -> None:
+        try:
+            name = board.handle(conn, rid, message, out)
+        except TaskRefused as exc:
+            raise StateError(exc.kind, str(exc)) from None
+        if name is not None:
+            self._park(conn, rid, kind, name)
 
     def _queue(self, name: str) -> _Queue:
         queue = self._queues.get(name)
@@ -283,7 +289,7 @@ class SchedulerState:
             raise StateError(
                 "ClosedResourceError", f"queue {msg.queue!r} was closed by its last send endpoint"
             )
-        _check_references(msg.items)
+        self._check_references(msg.items)
         n = len(msg.items)
         largest = max(map(len, msg.items), default=0)
         if largest > self.max_item_bytes:
@@ -345,7 +351,7 @@ class SchedulerState:
             if entry is not None:
                 entry[0].leased -= 1
                 freed[id(entry[0])] = entry[0]
-                self._release_references(entry[1])
+                self.tasks.release_item(entry[1])
         for queue in freed.values():
             if self._queues.get(queue.name) is queue:
                 self._settle(queue, out)  # room for putters; maybe the end for getters
@@ -366,7 +372,7 @@ class SchedulerState:
         queue = self._queues.pop(msg.queue, None)
         if queue is not None:
             for item in queue.items:
-                self._release_references(item)
+                self.tasks.release_item(item)
             self._stop_credit(queue, out, "deleted")
             text = f"queue {msg.queue!r} was deleted"
             for (owner, request), _ in [*queue.getters.items(), *queue.putters.items()]:
@@ -418,22 +424,22 @@ class SchedulerState:
                 f"a value of {len(msg.value)} bytes is over this scheduler's limit of "
                 f"{self.max_item_bytes} bytes",
             )
-        _check_references([msg.value])
+        self._check_references([msg.value])
         old = self._variables.get(msg.name)
         self._variables[msg.name] = msg.value
-        self._keep_references(msg.value)
+        self.tasks.keep_item(msg.value)
         if old is not None:
-            self._release_references(old)
+            self.tasks.release_item(old)
         for owner, request in self._var_waiters.pop(msg.name, {}):
             self._conns[owner].parked.pop(request, None)
-            self._hand_references(owner, msg.value)
+            self.tasks.hand_item(owner, msg.value)
             out.append(Reply(owner, request, Value(msg.value)))
         out.append(Reply(conn, rid, Ok()))
 
     def _on_variable_get(self, conn: int, rid: int, msg: VariableGet, out: Out) -> None:
         value = self._variables.get(msg.name)
         if value is not None:
-            self._hand_references(conn, value)
+            self.tasks.hand_item(conn, value)
             out.append(Reply(conn, rid, Value(value)))
         elif not msg.wait:
             raise StateError("LookupError", f"variable {msg.name!r} is not set")
@@ -444,7 +450,7 @@ class SchedulerState:
     def _on_variable_delete(self, conn: int, rid: int, msg: VariableDelete, out: Out) -> None:
         old = self._variables.pop(msg.name, None)
         if old is not None:
-            self._release_references(old)
+            self.tasks.release_item(old)
         out.append(Reply(conn, rid, Ok()))
 
     def _on_credit_return(self, conn: int, rid: int, msg: CreditReturn, out: Out) -> None:
@@ -552,7 +558,7 @@ class SchedulerState:
         first = state.next_lease
         for offset, item in enumerate(items):
             state.leases[first + offset] = (queue, item)
-            self._hand_references(conn, item)
+            self.tasks.hand_item(conn, item)
         state.next_lease = first + n
         queue.leased += n
         out.append(Reply(conn, rid, Items(items, first)))
@@ -642,6 +648,9 @@ class SchedulerState:
         if kind == "task":
             self.tasks.unwait(conn, rid, name)
             return None
+        if kind == "channel":
+            self.channels.unwait(conn, rid, name)
+            return None
         if kind == "variable":
             waiters = self._var_waiters.get(name)
             if waiters is not None:
@@ -668,7 +677,7 @@ class SchedulerState:
                 queue.items.appendleft(item)
                 touched.add(queue.name)
             else:
-                self._release_references(item)
+                self.tasks.release_item(item)
         return touched
 
     # -- references to futures ----------------------------------------------------------
@@ -677,25 +686,7 @@ class SchedulerState:
         """Queue ``items``; the futures they refer to stay alive meanwhile."""
         queue.items.extend(items)
         for item in items:
-            self._keep_references(item)
-
-    def _keep_references(self, item: bytes) -> None:
-        if item[:1] == _ENVELOPE_START:  # cheap test first: most items hold none
-            keys = references_of(item)
-            if keys:
-                self.tasks.add_refs(keys)
-
-    def _release_references(self, item: bytes) -> None:
-        if item[:1] == _ENVELOPE_START:
-            keys = references_of(item)
-            if keys:
-                self.tasks.drop_refs(keys)
-
-    def _hand_references(self, conn: int, item: bytes) -> None:
-        if item[:1] == _ENVELOPE_START:
-            keys = references_of(item)
-            if keys:
-                self.tasks.hold(conn, keys)
+            self.tasks.keep_item(item)
 
     # -- introspection ---------------------------------------------------------------
 
@@ -717,6 +708,7 @@ class SchedulerState:
                 for q in self._queues.values()
             ],
             "variables": sorted(self._variables),
+            "channels": self.channels.status(),
             "clients": [
                 {"id": conn, "name": c.name, "address": c.address, "leases": len(c.leases)}
                 for conn, c in self._conns.items()
@@ -727,6 +719,7 @@ class SchedulerState:
     def validate(self) -> None:
         """Check the invariants that tie queues, leases and connections together."""
         self.tasks.validate()
+        self.channels.validate()
         leased: dict[int, int] = {}
         for conn, state in self._conns.items():
             for queue_of_lease, _ in state.leases.values():
@@ -738,6 +731,8 @@ class SchedulerState:
                     assert (conn, rid) in self._queues[name].putters, "parked put is lost"
                 elif kind == "task":
                     assert self.tasks.is_reader(conn, rid, name), "parked task read is lost"
+                elif kind == "channel":
+                    assert self.channels.is_reader(conn, rid, name), "parked channel read is lost"
                 else:
                     assert (conn, rid) in self._var_waiters[name], "parked read is lost"
         for queue in self._queues.values():

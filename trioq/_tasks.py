@@ -64,6 +64,9 @@ MAX_DEATHS = 3
 FINAL = frozenset({"finished", "error", "cancelled", "lost"})
 
 
+_ENVELOPE_START = b"\xc9"  # the first byte of a reference envelope (and of big ext values)
+
+
 class TaskRefused(Exception):
     """A task request the board refuses: becomes a ``Fail`` of ``kind``."""
 
@@ -265,19 +268,53 @@ class TaskBoard:
     # -- references from stored items ------------------------------------------------
 
     def add_refs(self, keys: list[str]) -> None:
-        """An item or value referring to ``keys`` is stored: keep those tasks."""
+        """An item or value referring to ``keys`` (known tasks) is stored: keep them."""
         for key in keys:
-            task = self._tasks.get(key)
-            if task is not None:  # unknown: reading the future will say so
-                task.refs += 1
+            self._tasks[key].refs += 1
 
     def drop_refs(self, keys: list[str]) -> None:
         """A stored item or value referring to ``keys`` is gone."""
         for key in keys:
-            task = self._tasks.get(key)
-            if task is not None and task.refs:  # 0: a later task under an old key
-                task.refs -= 1
-                self._forget_if_unheld(task)
+            task = self._tasks[key]  # kept while referred to (see check_items)
+            task.refs -= 1
+            self._forget_if_unheld(task)
+
+    def check_items(self, items: list[bytes]) -> None:
+        """Refuse items whose reference envelope is malformed or names a task
+        that does not exist (any more): every reference stored is counted on
+        the task it names, so dropping it later cannot touch another task."""
+        for item in items:
+            if item[:1] == _ENVELOPE_START:
+                try:
+                    keys = references_of(item)
+                except ValueError as exc:
+                    raise TaskRefused("ValueError", str(exc)) from None
+                for key in keys or ():
+                    if key not in self._tasks:
+                        raise TaskRefused(
+                            "LookupError", f"no task {key!r} (never submitted, or released)"
+                        )
+
+    def keep_item(self, item: bytes) -> None:
+        """An item or value is stored: keep the tasks it refers to."""
+        if item[:1] == _ENVELOPE_START:  # cheap test first: most items hold none
+            keys = references_of(item)
+            if keys:
+                self.add_refs(keys)
+
+    def release_item(self, item: bytes) -> None:
+        """A stored item or value is gone (consumed, trimmed, overwritten, deleted)."""
+        if item[:1] == _ENVELOPE_START:
+            keys = references_of(item)
+            if keys:
+                self.drop_refs(keys)
+
+    def hand_item(self, conn: int, item: bytes) -> None:
+        """An item or value is handed to ``conn``: it holds the tasks it refers to."""
+        if item[:1] == _ENVELOPE_START:
+            keys = references_of(item)
+            if keys:
+                self.hold(conn, keys)
 
     def hold(self, conn: int, keys: list[str]) -> None:
         """``conn`` was handed references to ``keys``: it holds them now."""
