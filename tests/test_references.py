@@ -701,7 +701,7 @@ def test_a_put_or_set_referring_to_an_unknown_task_is_refused_with_lookup_error(
     assert not h.known("never-submitted")
 
 
-def test_an_item_naming_a_released_task_is_refused_so_a_later_task_of_that_key_counts_right() -> None:
+def test_an_item_naming_a_released_task_is_refused_so_a_later_task_of_its_key_counts() -> None:
     """Only references to live tasks are stored, so each drop uncounts the task it counted."""
     h = Harness(ALICE)
     h.open(ALICE)

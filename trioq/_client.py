@@ -23,7 +23,7 @@ import socket
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
@@ -158,6 +158,7 @@ class Client:
         self._queue_links: dict[str, Any] = {}
         self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
         self._task_change = trio.Event()  # set (and replaced) when a task of ours ends
+        self._nursery: trio.Nursery | None = None  # set by connect(): stream stages run in it
         #: Set by a ``Worker`` on its own connection: gets task assignments.
         self._task_handler: Callable[[Message], None] | None = None
         self._max_batch_bytes = connection.max_frame_size - REPLY_OVERHEAD
@@ -225,19 +226,72 @@ class Client:
             self, fn, *args, priority=priority, series=series, retries=retries, key=key, **kwargs
         )
 
+    @overload
+    async def map(
+        self, fn: Callable[..., Any], source: trio.abc.ReceiveChannel[Any], /, **options: Any
+    ) -> trio.abc.ReceiveChannel[Future]: ...
+
+    @overload
     async def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any
-    ) -> list[Future]:
-        """``submit`` for each item of ``zip(*iterables)``, in order."""
+    ) -> list[Future]: ...
+
+    async def map(  # type: ignore[misc]  # the channel overload is positional-only
+        self, fn: Callable[..., Any], *iterables: Any, **options: Any
+    ) -> Any:
+        """``submit`` for each item of ``zip(*iterables)``, in order: a list of futures.
+
+        Given one ``trio.abc.ReceiveChannel`` instead, it streams: a task per
+        item (or future) received, and a channel of their futures in order
+        (``buffer=`` bounds it; see ``trioq.streams``).
+        """
+        if len(iterables) == 1 and isinstance(iterables[0], trio.abc.ReceiveChannel):
+            from . import streams
+
+            return await streams.map(self, fn, iterables[0], **options)
         from ._future import map_tasks
 
         return await map_tasks(self, fn, *iterables, **options)
 
-    async def gather(self, futures: Iterable[Future]) -> list[Any]:
-        """The results of ``futures`` in order; raises the first error met."""
+    @overload
+    async def gather(
+        self, futures: trio.abc.ReceiveChannel[Future], *, buffer: int = ...
+    ) -> trio.abc.ReceiveChannel[Any]: ...
+
+    @overload
+    async def gather(self, futures: Iterable[Future]) -> list[Any]: ...
+
+    async def gather(self, futures: Any, *, buffer: int | None = None) -> Any:
+        """The results of ``futures`` in order; raises the first error met.
+
+        Given a ``trio.abc.ReceiveChannel`` of futures, it streams: a channel
+        of their results in order, each task's error raised at its place
+        (see ``trioq.streams``).
+        """
+        if isinstance(futures, trio.abc.ReceiveChannel):
+            from . import streams
+
+            return await streams.gather(self, futures, buffer=buffer or streams.DEFAULT_BUFFER)
         from ._future import gather
 
         return await gather(futures)
+
+    async def scatter(
+        self, source: trio.abc.ReceiveChannel[Any], *, buffer: int | None = None
+    ) -> trio.abc.ReceiveChannel[Future]:
+        """Ship each item received from ``source`` to the cluster; a channel of
+        their data futures in order (tasks given one receive its item).  See
+        ``trioq.streams``."""
+        from . import streams
+
+        return await streams.scatter(self, source, buffer=buffer or streams.DEFAULT_BUFFER)
+
+    def _stream_nursery(self) -> trio.Nursery:
+        """Where stream stages run: this client's own nursery (closing it stops them)."""
+        self._check_usable()
+        if self._nursery is None:
+            raise RuntimeError("streams need a client made by trioq.connect")
+        return self._nursery
 
     def as_completed(self, futures: Iterable[Future]) -> AsyncIterator[Future]:
         """An async iterator over ``futures`` as they end."""
@@ -573,6 +627,7 @@ async def connect(
     client = Client(connection, client_id, address)
     with collapse_single_groups():
         async with trio.open_nursery() as nursery:
+            client._nursery = nursery
             nursery.start_soon(client._run)
             try:
                 yield client

@@ -47,6 +47,7 @@ class Future:
         self._refused: BaseException | None = None  # the scheduler refused the submit
         self._reads: set[int] = set()  # request ids of reads waiting for the outcome
         self._watchers: set[Callable[[BaseException], None]] = set()  # gathers to tell
+        self._shares = 1  # stream stages sharing it (see streams.multiplex)
         #: The task's key in the cluster.
         self.key = key
         #: "pending" until the scheduler says it ended ("finished", "error",
