@@ -65,6 +65,7 @@ if importlib.util.find_spec("trioq") is None:  # not installed: use the source t
 
 from machine import describe_machine  # noqa: E402
 from peers.dask_peers import (  # noqa: E402
+    measure_dask_pipeline,
     measure_dask_queue,
     measure_dask_tasks,
     measure_dask_tasks_unqueued,
@@ -79,6 +80,7 @@ KEYS = {
     "round_trip": "round trip",
     "tasks_throughput": "no-op tasks, map+gather",
     "task_round_trip": "no-op task round trip",
+    "pipeline_throughput": "pipeline scatter-map-map-gather",
 }
 
 
@@ -113,6 +115,8 @@ def register(contender: Contender) -> None:
 
 from peers.trioq_contender import (  # noqa: E402
     measure_trioq,
+    measure_trioq_pipe,
+    measure_trioq_pipeline,
     measure_trioq_tasks,
     measure_trioq_tasks_push,
 )
@@ -124,6 +128,10 @@ register(Contender("trioq-tasks", "trioq no-op tasks, 2 worker processes, pull d
                    measure_trioq_tasks, ("trioq",), (20_000, 300), (500, 50)))
 register(Contender("trioq-tasks-push", "the same, push dispatch with a prefetch window of 16",
                    measure_trioq_tasks_push, ("trioq",), (20_000, 300), (500, 50)))
+register(Contender("trioq-pipeline", "trioq streaming pipeline, 2 worker processes",
+                   measure_trioq_pipeline, ("trioq",), (5_000, 0), (300, 0)))
+register(Contender("trioq-pipe", "trioq Pipe ping-pong between two processes",
+                   measure_trioq_pipe, ("trioq",), (0, 5_000), (0, 200)))
 # fmt: on
 
 # fmt: off
@@ -139,6 +147,8 @@ register(Contender("dask-tasks", "distributed no-op tasks, 2 worker processes",
                    measure_dask_tasks, ("distributed",), (2_000, 300), (200, 30)))
 register(Contender("dask-tasks-inf", "the same, scheduler queuing off (worker-saturation inf)",
                    measure_dask_tasks_unqueued, ("distributed",), (4_000, 0), (200, 0)))
+register(Contender("dask-pipeline", "the pipeline with distributed futures and as_completed",
+                   measure_dask_pipeline, ("distributed",), (1_000, 0), (100, 0)))
 # fmt: on
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._pipe import Pipe, PipeEnd
     from ._queue import Queue, QueueReceiveChannel, QueueSendChannel
     from ._scheduler import Scheduler
+    from ._simple_queue import SimpleQueue
     from ._taskqueue import TaskInfo, TaskQueue
     from ._taskqueue_workers import ProcessWorker, RemoteWorker, ThreadWorker
     from ._variable import Variable
@@ -51,6 +52,7 @@ _LAZY = {
     "Channel": "._channel",
     "ChannelSubscription": "._channel",
     "Queue": "._queue",
+    "SimpleQueue": "._simple_queue",
     "QueueSendChannel": "._queue",
     "QueueReceiveChannel": "._queue",
     "Scheduler": "._scheduler",
@@ -77,6 +79,7 @@ __all__ = [
     "Queue",
     "QueueSendChannel",
     "QueueReceiveChannel",
+    "SimpleQueue",
     "Variable",
     "Channel",
     "ChannelSubscription",

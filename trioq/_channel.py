@@ -66,6 +66,7 @@ class Channel:
         self._settled.set()
         self._error: BaseException | None = None  # a refusal nobody has seen
         client._send_request(ChannelOpen(name, self._maxlen), late=self._on_opened)
+        self._begin()  # flush also waits for the open (a maxlen refused, say)
 
     def __repr__(self) -> str:
         return f"<trioq.Channel {self.name!r} maxlen={self.maxlen}>"
@@ -95,8 +96,7 @@ class Channel:
         self._raise_error()
         if data:
             self._client._send_request(ChannelAppend(self.name, data), late=self._on_appended)
-            self._in_flight += 1
-            self._settled = trio.Event()
+            self._begin()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def flush(self) -> None:
@@ -154,25 +154,37 @@ class Channel:
 
     # -- answers nobody awaited ---------------------------------------------------------------
 
+    def _begin(self) -> None:
+        """A request of this handle is in flight (``flush`` waits for it)."""
+        if not self._in_flight:
+            self._settled = trio.Event()  # waiters on the old one were already woken
+        self._in_flight += 1
+
+    def _end(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._settled.set()
+
     def _on_opened(self, pending: _Pending) -> None:
-        if pending.op == 0:
-            return  # the connection broke: every later call says so
         try:
-            info = self._client._result(pending, ChannelInfo)
-        except Exception as exc:
-            self._keep_error(exc)
-            return
-        self._maxlen, self._stopped = info.maxlen, info.stopped
+            if pending.op == 0:
+                return  # the connection broke: every later call says so
+            try:
+                info = self._client._result(pending, ChannelInfo)
+            except Exception as exc:
+                self._keep_error(exc)
+                return
+            self._maxlen, self._stopped = info.maxlen, info.stopped
+        finally:
+            self._end()
 
     def _on_appended(self, pending: _Pending) -> None:
-        self._in_flight -= 1
         if pending.op:
             try:
                 self._client._result(pending, Ok)
             except Exception as exc:
                 self._keep_error(exc)
-        if not self._in_flight:
-            self._settled.set()
+        self._end()
 
     def _keep_error(self, exc: BaseException) -> None:
         if self._error is None:

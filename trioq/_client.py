@@ -48,7 +48,9 @@ from ._messages import (
     ErrorReply,
     Message,
     Op,
+    Pushed,
     QueuePut,
+    QueueReturn,
     Status,
     StatusReport,
     decode_notice,
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
     from ._channel import Channel
     from ._pipe import PipeEnd
     from ._queue import Queue
+    from ._simple_queue import Mode, SimpleQueue
     from ._variable import Variable
 
 __all__ = ["Client", "connect", "parse_address", "register_local_token"]
@@ -159,6 +162,7 @@ class Client:
         self._futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
         self._task_change = trio.Event()  # set (and replaced) when a task of ours ends
         self._nursery: trio.Nursery | None = None  # set by connect(): stream stages run in it
+        self._push_links: dict[str, SimpleQueue] = {}  # push consumers, by queue name
         #: Set by a ``Worker`` on its own connection: gets task assignments.
         self._task_handler: Callable[[Message], None] | None = None
         self._max_batch_bytes = connection.max_frame_size - REPLY_OVERHEAD
@@ -186,6 +190,15 @@ class Client:
         from ._channel import Channel
 
         return Channel(self, name, maxlen)
+
+    def simple_queue(
+        self, name: str | None = None, mode: Mode = "pull", *, window: int = 16
+    ) -> SimpleQueue:
+        """A handle on a named queue with Fiber's pull or push dispatch.  See
+        ``trioq.SimpleQueue``."""
+        from ._simple_queue import SimpleQueue
+
+        return SimpleQueue(self, name, mode, window=window)
 
     def variable(self, name: str) -> Variable:
         """A handle on the named variable.  See ``trioq.Variable``."""
@@ -529,6 +542,14 @@ class Client:
                 answer = CreditReturn(notice.queue, notice.credit, unused or 0)
                 self._flush_pending()  # puts paid with that credit must arrive first
                 self._connection.send(Op.CREDIT_RETURN, 0, encode_message(answer))
+        elif isinstance(notice, Pushed):
+            subscriber = self._push_links.get(notice.queue)
+            if subscriber is not None:
+                subscriber._on_pushed(notice)
+            elif not self._connection.is_broken:  # unsubscribed meanwhile: give them back
+                first = notice.first_lease
+                leases = list(range(first, first + len(notice.items)))
+                self._send_request(QueueReturn(leases), late=_ignore)
         elif isinstance(notice, TaskFinished):
             future = self._futures.get(notice.key)
             if future is not None:

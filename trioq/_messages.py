@@ -54,6 +54,9 @@ __all__ = [
     "QueueGet",
     "Items",
     "QueueReturn",
+    "QueueSubscribe",
+    "QueueUnsubscribe",
+    "Pushed",
     "QueueSize",
     "Count",
     "QueueDelete",
@@ -92,6 +95,9 @@ class Op(enum.IntEnum):
     ENDPOINT_OPEN = 26
     ENDPOINT_CLOSE = 27
     CREDIT_RETURN = 28
+    QUEUE_SUBSCRIBE = 29
+    QUEUE_UNSUBSCRIBE = 30
+    PUSHED = 31  # scheduler to client, unsolicited: items pushed to a subscriber
     # variables
     VARIABLE_SET = 40
     VARIABLE_GET = 41
@@ -423,6 +429,38 @@ class QueueGet(Message):
 class Items(Message):
     """Reply to ``QueueGet``: items leased as ``first_lease``, ``first_lease + 1``, ..."""
 
+    items: list[bytes]
+    first_lease: int
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueSubscribe(Message):
+    """Push items of ``queue`` to this connection, ahead of asking, keeping up
+    to ``window`` of them leased to it (subscribers are served round-robin)."""
+
+    OP = Op.QUEUE_SUBSCRIBE
+    queue: str
+    window: int
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueUnsubscribe(Message):
+    """Stop pushing items of ``queue`` to this connection."""
+
+    OP = Op.QUEUE_UNSUBSCRIBE
+    queue: str
+
+
+@_notice
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pushed(Message):
+    """Unsolicited, to a subscriber: ``items`` of ``queue`` leased to it,
+    numbered from ``first_lease`` (acknowledge or return them as usual)."""
+
+    OP = Op.PUSHED
+    queue: str
     items: list[bytes]
     first_lease: int
 

@@ -48,6 +48,7 @@ from ._messages import (
     Items,
     Message,
     Ok,
+    Pushed,
     PutDone,
     QueueDelete,
     QueueGet,
@@ -56,6 +57,8 @@ from ._messages import (
     QueuePut,
     QueueReturn,
     QueueSize,
+    QueueSubscribe,
+    QueueUnsubscribe,
     Status,
     StatusReport,
     Value,
@@ -102,6 +105,13 @@ class Notice:
 Out = list[Reply | Fail | Notice]
 
 
+def _free_push_slot(queue: _Queue, conn: int) -> None:
+    """A lease of a push subscriber ended: its window has room for one more."""
+    slot = queue.pushees.get(conn)
+    if slot is not None and slot[0] < slot[1]:
+        slot[0] += 1
+
+
 def _may_wait(message: Message) -> bool:
     """Requests that can park in the scheduler, waiting for an item, room or a value."""
     if isinstance(message, (QueueGet, VariableGet, TaskResult, ChannelRead)):
@@ -133,6 +143,8 @@ class _Queue:
     receivers: int = 0
     closed: bool = False  # its last send endpoint closed
     broken: bool = False  # its last receive endpoint closed
+    pushees: dict[int, list[int]] = field(default_factory=dict)  # conn -> [free, window]
+    push_turn: deque[int] = field(default_factory=deque)  # subscribers, next served first
 
     def room(self) -> int:
         # Leased items are not consumed until acknowledged: they still take room.
@@ -189,6 +201,8 @@ class SchedulerState:
         for queue in self._queues.values():
             queue.openers.discard(conn)
             queue.revoking.pop(conn, None)
+            if queue.pushees.pop(conn, None) is not None:
+                queue.push_turn.remove(conn)
             if queue.reserved.get(conn, 0):
                 self._set_held(queue, conn, 0)
                 touched.add(queue.name)
@@ -351,6 +365,7 @@ class SchedulerState:
             if entry is not None:
                 entry[0].leased -= 1
                 freed[id(entry[0])] = entry[0]
+                _free_push_slot(entry[0], conn)
                 self.tasks.release_item(entry[1])
         for queue in freed.values():
             if self._queues.get(queue.name) is queue:
@@ -359,8 +374,28 @@ class SchedulerState:
     def _on_queue_return(self, conn: int, rid: int, msg: QueueReturn, out: Out) -> None:
         leases = self._conns[conn].leases
         returned = {lease: leases.pop(lease) for lease in msg.leases if lease in leases}
+        for queue, _ in returned.values():
+            _free_push_slot(queue, conn)
         for name in self._restore_leases(returned):
             self._settle(self._queues[name], out)
+        out.append(Reply(conn, rid, Ok()))
+
+    def _on_queue_subscribe(self, conn: int, rid: int, msg: QueueSubscribe, out: Out) -> None:
+        if msg.window < 1:
+            raise StateError("ValueError", f"window must be >= 1, got {msg.window}")
+        queue = self._queue(msg.queue)
+        if conn not in queue.pushees:
+            queue.push_turn.append(conn)
+        queue.pushees[conn] = [msg.window, msg.window]
+        out.append(Reply(conn, rid, Ok()))
+        self._settle(queue, out)
+
+    def _on_queue_unsubscribe(
+        self, conn: int, rid: int, msg: QueueUnsubscribe, out: Out
+    ) -> None:
+        queue = self._queues.get(msg.queue)
+        if queue is not None and queue.pushees.pop(conn, None) is not None:
+            queue.push_turn.remove(conn)
         out.append(Reply(conn, rid, Ok()))
 
     def _on_queue_size(self, conn: int, rid: int, msg: QueueSize, out: Out) -> None:
@@ -472,6 +507,8 @@ class SchedulerState:
         QueueGet: _on_queue_get,
         Ack: _on_ack,
         QueueReturn: _on_queue_return,
+        QueueSubscribe: _on_queue_subscribe,
+        QueueUnsubscribe: _on_queue_unsubscribe,
         QueueSize: _on_queue_size,
         QueueDelete: _on_queue_delete,
         EndpointOpen: _on_endpoint_open,
@@ -564,6 +601,8 @@ class SchedulerState:
         out.append(Reply(conn, rid, Items(items, first)))
 
     def _feed_getters(self, queue: _Queue, out: Out) -> None:
+        if queue.pushees and queue.items:
+            self._push(queue, out)
         while queue.items and queue.getters:
             (conn, rid), max_items = next(iter(queue.getters.items()))
             del queue.getters[(conn, rid)]
@@ -572,6 +611,31 @@ class SchedulerState:
             self._deliver(queue, conn, rid, min(max_items, share), out)
         if queue.getters and self._finished(queue):
             self._end_getters(queue, out)
+
+    def _push(self, queue: _Queue, out: Out) -> None:
+        """Deal queued items round-robin to subscribers with room in their window."""
+        dealt: dict[int, list[bytes]] = {}
+        turn = queue.push_turn
+        idle = 0  # subscribers passed over in a row because their window is full
+        while queue.items and idle < len(turn):
+            conn = turn[0]
+            turn.rotate(-1)
+            slot = queue.pushees[conn]
+            if not slot[0]:
+                idle += 1
+                continue
+            idle = 0
+            slot[0] -= 1
+            dealt.setdefault(conn, []).append(queue.items.popleft())
+        for conn, items in dealt.items():
+            state = self._conns[conn]
+            first = state.next_lease
+            for offset, item in enumerate(items):
+                state.leases[first + offset] = (queue, item)
+                self.tasks.hand_item(conn, item)
+            state.next_lease = first + len(items)
+            queue.leased += len(items)
+            out.append(Notice(conn, Pushed(queue.name, items, first)))
 
     def _feed_putters(self, queue: _Queue, out: Out) -> None:
         while queue.putters:
@@ -704,6 +768,7 @@ class SchedulerState:
                     "senders": q.senders,
                     "receivers": q.receivers,
                     "closed": q.closed,
+                    "subscribers": len(q.pushees),
                 }
                 for q in self._queues.values()
             ],
@@ -746,6 +811,11 @@ class SchedulerState:
                     queue.maxsize, len(queue.items) + queue.leased
                 ), "credit beyond the room"
             assert not (queue.items and queue.getters), "items wait while getters wait"
+            assert sorted(queue.push_turn) == sorted(queue.pushees), "push turn is off"
+            for free, window in queue.pushees.values():
+                assert 0 <= free <= window, "a push window is off"
+            if queue.items:
+                assert all(free == 0 for free, _ in queue.pushees.values()), "push stalled"
             assert not ((queue.closed or queue.broken) and queue.putters), "refused puts wait"
             assert queue.senders >= 0 and queue.receivers >= 0, "negative endpoint count"
             for conn, rid in [*queue.getters, *queue.putters]:

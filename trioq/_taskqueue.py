@@ -30,8 +30,8 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, overload
+from dataclasses import dataclass, field
+from typing import Any, overload
 
 import trio
 
@@ -52,6 +52,7 @@ __all__ = ["TaskQueue", "TaskInfo", "MAX_REQUEUES"]
 log = logging.getLogger("trioq.taskqueue")
 
 MAX_REQUEUES = 3  # times a call goes back to the queue when its worker dies under it
+CLOSE_TIMEOUT = 10.0  # seconds shutdown gives the workers to stop before cancelling them
 _TAG_BITS = 48
 
 AnyWorker = ThreadWorker | ProcessWorker | RemoteWorker
@@ -75,53 +76,35 @@ class TaskInfo:
     series: str | None  #: the series it belongs to
 
 
+@dataclass(eq=False)
 class _Call:
     """One ``call`` from submission to its answer (and, for a stream, its end)."""
 
-    __slots__ = (
-        "key",
-        "info",
-        "priority",
-        "tag",
-        "attempt",
-        "deaths",
-        "scope",
-        "sink",
-        "event",
-        "settled",
-        "value",
-        "error",
-        "queue_error",
-    )
-
-    def __init__(self, key: int, info: TaskInfo, tag: int) -> None:
-        self.key = key
-        self.info = info
-        self.tag = tag
-        self.priority = -((info.niceness + 20) << _TAG_BITS) - tag
-        self.attempt = 0  # bumped on each dispatch and each time a runner is disowned
-        self.deaths = 0  # workers that died running it
-        self.scope: trio.CancelScope | None = None  # the current runner's
-        self.sink: _Sink | None = None  # the current runner's
-        self.event = trio.Event()  # set once answered
-        self.settled = False
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.queue_error = False  # cancelled/lost: raised even if return_failure is False
+    key: int
+    info: TaskInfo
+    tag: int  # start-time fair queueing tag
+    priority: int  # in the core
+    attempt: int = 0  # bumped on each dispatch and each time a runner is disowned
+    deaths: int = 0  # workers that died running it
+    scope: trio.CancelScope | None = None  # the current runner's
+    sink: _Sink | None = None  # the current runner's
+    event: trio.Event = field(default_factory=trio.Event)  # set once answered
+    settled: bool = False
+    value: Any = None
+    error: BaseException | None = None
+    queue_error: bool = False  # cancelled/lost: raised even if return_failure is False
 
 
+@dataclass(eq=False)
 class _Handle:
     """An attached worker."""
 
-    __slots__ = ("id", "worker", "running", "idle", "detached", "closed")
-
-    def __init__(self, worker_id: int, worker: _Worker) -> None:
-        self.id = worker_id
-        self.worker = worker
-        self.running: set[_Call] = set()  # calls whose runner has not ended
-        self.idle = trio.Event()  # set when ``running`` empties
-        self.detached = False
-        self.closed = trio.Event()  # set once a graceful detach has stopped it
+    id: int
+    worker: _Worker
+    running: set[_Call] = field(default_factory=set)  # calls whose runner has not ended
+    idle: trio.Event = field(default_factory=trio.Event)  # set when ``running`` empties
+    detached: bool = False
+    closed: trio.Event = field(default_factory=trio.Event)  # set once detached gracefully
 
 
 class TaskQueue:
@@ -223,7 +206,10 @@ class TaskQueue:
         state = ("new", "running", "closing", "closed")[self._state]
         return f"<trioq.TaskQueue {state} workers={list(self._workers)} calls={len(self)}>"
 
-    async def shutdown(self, timeout: float | None | _Default = _Default.TIMEOUT) -> None:
+    async def shutdown(
+        self,
+        timeout: float | _Default | None = _Default.TIMEOUT,  # noqa: ASYNC109 (AsynQueue's API)
+    ) -> None:
         """Stop the queue; idempotent.
 
         ``is_running()`` turns False and new ``call``/``update``/``attach_worker``
@@ -251,18 +237,26 @@ class TaskQueue:
                     await self._drained.wait()
         finally:
             with trio.CancelScope(shield=True):
-                self._abort_all()
+                await self._abort_all()
                 await self._joined.wait()
                 self._state = _CLOSED
         if self._verbose:
             log.info("shut down")
 
-    def _abort_all(self) -> None:
+    async def _abort_all(self) -> None:
+        """Cancel every call, crash every worker (remote ones cancel their tasks), then
+        cancel the nursery."""
         for call in list(self._calls.values()):
             self._give_up(call, TaskCancelledError("the TaskQueue shut down before the call ended"))
-        for handle in self._workers.values():
+        handles = list(self._workers.values())
+        for handle in handles:
             handle.detached = True
+            self._sched.remove_worker(handle.id, requeue=False)
         self._workers.clear()
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for handle in handles:
+                    nursery.start_soon(functools.partial(handle.worker._close, crash=True))
         assert self._service is not None
         self._service.cancel()
 
@@ -408,15 +402,19 @@ class TaskQueue:
         for key in self._sched.remove_worker(handle.id, requeue=True):
             self._lost(self._calls[key], queued=True)
         assert self._nursery is not None
-        self._nursery.start_soon(functools.partial(handle.worker._close, crash=True))
+        self._nursery.start_soon(self._close_dead, handle.worker)
         self._dispatch()
+
+    async def _close_dead(self, worker: _Worker) -> None:
+        await worker._close(crash=True)
+        worker._attached = False
 
     def _lost(self, call: _Call, *, queued: bool) -> None:
         """``call``'s worker died under it: run it again elsewhere, or give up."""
         self._disown(call)
         call.deaths += 1
         if call.settled or call.deaths > MAX_REQUEUES:  # a stream cannot start over
-            error = WorkerLostError(f"workers died running the call {call.deaths} times")
+            error = WorkerLostError(f"the call's worker died under it ({call.deaths} times)")
             self._give_up(call, error)
         elif not queued:
             self._sched.add_task(call.key, call.priority, call.info.series)
@@ -429,7 +427,7 @@ class TaskQueue:
         *args: Any,
         niceness: int = 0,
         series: str | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (AsynQueue's API)
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` on a worker; return its result.
@@ -451,7 +449,8 @@ class TaskQueue:
             raise ValueError(f"niceness must be an int in -20..20, got {niceness!r}")
         self._check_open()
         tag = max(self._last_tag.get(series, -1) + 1, self._vtime)
-        call = _Call(self._next_key, TaskInfo(fn, args, kwargs, niceness, series), tag)
+        priority = -((niceness + 20) << _TAG_BITS) - tag
+        call = _Call(self._next_key, TaskInfo(fn, args, kwargs, niceness, series), tag, priority)
         self._sched.add_task(call.key, call.priority, series)
         self._next_key += 1
         self._last_tag[series] = tag
@@ -514,7 +513,7 @@ class TaskQueue:
         """Start a runner for every assignment the core makes now."""
         for key, worker_id in self._sched.assignments():
             call = self._calls[key]
-            handle = self._workers[worker_id]  # type: ignore[index]
+            handle = self._workers[worker_id]
             self._vtime = max(self._vtime, call.tag)
             call.attempt += 1
             call.scope = trio.CancelScope()

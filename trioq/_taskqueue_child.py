@@ -1,4 +1,7 @@
-"""The child process of a ``ProcessWorker``: ``python -m trioq._taskqueue_child``.
+"""The far side of TaskQueue workers: a ``ProcessWorker``'s child, a ``RemoteWorker``'s task.
+
+``python -m trioq._taskqueue_child`` is a ``ProcessWorker``'s child;
+``remote_call`` is the task a ``RemoteWorker`` submits to its cluster.
 
 Rules:
 
@@ -20,6 +23,8 @@ Rules:
   (or ``ERROR`` if the generator raised).
 * End of input means the parent has gone or is stopping us: the run ends.
   SIGINT is ignored; the parent decides when this process ends.
+* ``remote_call`` streams an iterator through a trioq ``Queue`` of
+  ``STREAM_WINDOW`` items (back pressure), announced on a control queue.
 
 The frame format and failure layout here are shared with the parent side in
 ``_taskqueue_workers``.
@@ -40,10 +45,25 @@ from typing import Any
 
 import trio
 
+from ._exceptions import RemoteTaskError
 from ._impl import core
 from ._pickling import pickle_dumps, pickle_loads
 
-__all__ = ["Op", "FINAL_OPS", "STREAM_WINDOW", "CREDIT", "describe_failure", "is_async", "main"]
+__all__ = [
+    "Op",
+    "FINAL_OPS",
+    "STREAM_WINDOW",
+    "CREDIT",
+    "describe_failure",
+    "remote_error",
+    "is_async",
+    "remote_call",
+    "STREAMED",
+    "ITEM",
+    "FAILED",
+    "DONE",
+    "main",
+]
 
 STREAM_WINDOW = 16  # items a child may send ahead of its caller
 CREDIT = struct.Struct(">I")  # payload of a CREDIT frame: how many more items
@@ -68,12 +88,30 @@ FINAL_OPS = frozenset({Op.RESULT, Op.ERROR, Op.END, Op.CANCELLED})
 
 
 def describe_failure(exc: BaseException) -> bytes:
-    """Pickle ``(exc, type name, text, traceback text)``; ``exc`` is None if it won't pickle."""
-    described = (type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc)))
+    """Pickle ``(pickled exc, type name, text, traceback text)``.
+
+    The exception is pickled on its own (None if it cannot be), so a reader
+    that cannot unpickle it still gets the rest.
+    """
     try:
-        return pickle_dumps((exc, *described))
+        pickled: bytes | None = pickle_dumps(exc)
     except Exception:
-        return pickle_dumps((None, *described))
+        pickled = None
+    text = "".join(traceback.format_exception(exc))
+    return pickle_dumps((pickled, type(exc).__qualname__, str(exc), text))
+
+
+def remote_error(payload: bytes) -> BaseException:
+    """The exception ``describe_failure`` described, with its traceback as a note."""
+    pickled, type_name, text, remote_traceback = pickle_loads(payload)
+    error: object = None
+    if pickled is not None:
+        with contextlib.suppress(Exception):
+            error = pickle_loads(pickled)
+    if not isinstance(error, BaseException):
+        error = RemoteTaskError(f"{type_name}: {text}")
+    error.add_note(f"remote traceback:\n{remote_traceback}")
+    return error
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
@@ -94,7 +132,7 @@ class _Child:
         self._credit_added: dict[int, trio.Event] = {}
 
     def send(self, op: Op, request_id: int, payload: bytes = b"") -> None:
-        self._encoder.write(op, request_id, payload)
+        self._encoder.write(int(op), request_id, payload)
         self._wake.set()
 
     async def write(self, stream: trio.abc.SendStream) -> None:
@@ -196,16 +234,79 @@ async def _close_iterator(items: Any) -> None:
         traceback.print_exc()
 
 
+# --------------------------------------------------------------------------
+# the RemoteWorker's side: a task on a cluster worker
+
+
+class _Streamed:
+    """The value a remote call returns when it streamed its items instead."""
+
+    def __reduce__(self) -> str:
+        return "STREAMED"
+
+
+STREAMED = _Streamed()
+ITEM, FAILED, DONE = 0, 1, 2  # kinds of entries in a remote stream's queue
+
+
+async def remote_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, control: str, key: str
+) -> Any:
+    """A ``RemoteWorker``'s task, on a cluster worker: call ``fn``, stream an iterator.
+
+    A streamed call announces itself (its key) on the caller's ``control``
+    queue, then puts ``(ITEM, item)`` pairs in the queue ``{key}-items``
+    (``maxsize`` ``STREAM_WINDOW``: back pressure), then ``(DONE, None)``
+    or ``(FAILED, described error)``.
+    """
+    if is_async(fn):
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    else:
+        call = functools.partial(fn, *args, **kwargs)
+        result = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+    if not isinstance(result, (Iterator, AsyncIterator)):
+        return result
+    from ._worker import worker_client
+
+    client = worker_client()
+    items = client.queue(f"{key}-items", maxsize=STREAM_WINDOW)
+    await client.queue(control).put(key)
+    try:
+        while True:
+            if isinstance(result, AsyncIterator):
+                try:
+                    item = await result.__anext__()
+                except StopAsyncIteration:
+                    break
+            else:
+                item = await trio.to_thread.run_sync(next, result, _END, abandon_on_cancel=True)
+                if item is _END:
+                    break
+            await items.put((ITEM, item))
+    except Exception as exc:
+        await items.put((FAILED, describe_failure(exc)))
+    else:
+        await items.put((DONE, None))
+    finally:
+        with trio.CancelScope(shield=True):
+            await _close_iterator(result)
+    return STREAMED
+
+
+# --------------------------------------------------------------------------
+# the child's main
+
+
 async def _serve(frames_in: int, frames_out: int) -> None:
     reader = trio.lowlevel.FdStream(frames_in)
     writer = trio.lowlevel.FdStream(frames_out)
     async with trio.open_nursery() as nursery:
         child = _Child(nursery)
         nursery.start_soon(child.write, writer)
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await child.read(reader)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
         nursery.cancel_scope.cancel()
 
 

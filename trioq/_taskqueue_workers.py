@@ -29,15 +29,26 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import trio
 
-from ._exceptions import RemoteProtocolError, RemoteTaskError
+from ._exceptions import RemoteProtocolError, collapse_single_groups
 from ._impl import core
 from ._pickling import pickle_dumps, pickle_loads
-from ._taskqueue_child import CREDIT, FINAL_OPS, STREAM_WINDOW, Op, describe_failure, is_async
+from ._taskqueue_child import (
+    CREDIT,
+    DONE,
+    FAILED,
+    FINAL_OPS,
+    STREAM_WINDOW,
+    STREAMED,
+    Op,
+    is_async,
+    remote_call,
+    remote_error,
+)
 
 __all__ = [
     "CallStream",
@@ -45,7 +56,6 @@ __all__ = [
     "ProcessWorker",
     "RemoteWorker",
     "WorkerDied",
-    "remote_error",
 ]
 
 CLOSE_GRACE = 5.0  # seconds a gracefully closing worker gets before it is killed
@@ -55,19 +65,6 @@ _CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 class WorkerDied(Exception):
     """Internal: the worker running a call went away (its queue decides what next)."""
-
-
-def remote_error(payload: bytes) -> BaseException:
-    """The exception a child or remote task described, with its traceback as a note."""
-    pickled, type_name, text, remote_traceback = pickle_loads(payload)
-    error: Any = None
-    if pickled is not None:
-        with contextlib.suppress(Exception):
-            error = pickle_loads(pickled)
-    if not isinstance(error, BaseException):
-        error = RemoteTaskError(f"{type_name}: {text}")
-    error.add_note(f"remote traceback:\n{remote_traceback}")
-    return error
 
 
 # --------------------------------------------------------------------------
@@ -140,9 +137,9 @@ class _Sink:
     def fail(self, error: BaseException) -> None:
         """End the stream with ``error`` (raised after the items already sent)."""
         stream = self.stream
-        if stream is not None and not self._closed:
-            if self._on_fail is None or self._on_fail(error):
-                stream._error = error
+        wanted = self._on_fail is None or self._on_fail(error)
+        if stream is not None and not self._closed and wanted:
+            stream._error = error
         self.close()
 
 
@@ -331,13 +328,16 @@ class ProcessWorker(_Worker):
                     with trio.CancelScope(shield=True):
                         if process.returncode is None:
                             process.kill()
-                        await process.aclose()
+                        await process.wait()
+                        for pipe in (process.stdin, process.stdout):
+                            if pipe is not None:
+                                await trio.aclose_forcefully(pipe)
         finally:
             self._done.set()
 
     def _send(self, op: Op, request_id: int, payload: bytes = b"") -> None:
         if not self._dead:
-            self._encoder.write(op, request_id, payload)
+            self._encoder.write(int(op), request_id, payload)
             self._wake.set()
 
     async def _write(self, stdin: trio.abc.SendStream) -> None:
@@ -439,65 +439,14 @@ class ProcessWorker(_Worker):
 # remote
 
 
-class _Streamed:
-    """The value a remote call returns when it streamed its items instead."""
-
-    def __reduce__(self) -> str:
-        return "STREAMED"
-
-
-STREAMED = _Streamed()
-_ITEM, _FAILED, _DONE = 0, 1, 2
-_END = object()
-
-
-async def _remote_call(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, control: str, key: str
-) -> Any:
-    """Runs on a cluster worker: call ``fn``; stream an iterator through a bounded queue.
-
-    A streamed call announces itself (its key) on the caller's ``control``
-    queue, then puts ``(_ITEM, item)`` pairs in the queue ``{key}-items``
-    (``maxsize`` ``STREAM_WINDOW``: back pressure), then ``(_DONE, None)``
-    or ``(_FAILED, described error)``.
-    """
-    if is_async(fn):
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-    else:
-        call = functools.partial(fn, *args, **kwargs)
-        result = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
-    if not isinstance(result, (Iterator, AsyncIterator)):
-        return result
-    from ._worker import worker_client
-
-    client = worker_client()
-    items = client.queue(f"{key}-items", maxsize=STREAM_WINDOW)
-    await client.queue(control).put(key)
-    try:
-        while True:
-            if isinstance(result, AsyncIterator):
-                try:
-                    item = await result.__anext__()
-                except StopAsyncIteration:
-                    break
-            else:
-                item = await trio.to_thread.run_sync(next, result, _END, abandon_on_cancel=True)
-                if item is _END:
-                    break
-            await items.put((_ITEM, item))
-    except Exception as exc:
-        await items.put((_FAILED, describe_failure(exc)))
-    else:
-        await items.put((_DONE, None))
-    finally:
-        closer = getattr(result, "aclose", None) or getattr(result, "close", None)
-        if closer is not None:
-            outcome = closer()
-            if inspect.isawaitable(outcome):
-                await outcome
-    return STREAMED
+async def _shielded(request: Callable[[], Awaitable[Any]]) -> None:
+    """A clean-up request to the cluster: done even if cancelled, bounded, failures ignored."""
+    with (
+        trio.CancelScope(shield=True),
+        trio.move_on_after(CANCEL_TIMEOUT),
+        contextlib.suppress(Exception),
+    ):
+        await request()
 
 
 class RemoteWorker(_Worker):
@@ -529,7 +478,8 @@ class RemoteWorker(_Worker):
         self._futures: dict[str, Any] = {}
         self._dead = False
         self._closing = False
-        self._scope = trio.CancelScope()
+        self._reading = trio.CancelScope()  # cancelled to stop gracefully
+        self._scope = trio.CancelScope()  # cancelled to drop the connection at once
         self._done = trio.Event()
 
     async def _open(self, nursery: trio.Nursery, on_died: Callable[[], None]) -> None:
@@ -539,7 +489,11 @@ class RemoteWorker(_Worker):
     async def _serve(
         self, on_died: Callable[[], None], *, task_status: trio.TaskStatus[None]
     ) -> None:
-        """Owns the connection; reads the control queue (which calls stream)."""
+        """Owns the connection; reads the control queue (which calls stream).
+
+        On the way out, while the connection still works, it cancels the
+        tasks still running for it and deletes its control queue.
+        """
         from ._client import connect
 
         assert self._done is not None
@@ -549,23 +503,19 @@ class RemoteWorker(_Worker):
                     self._client = client
                     control = client.queue(self._control)
                     task_status.started()
-                    try:
-                        while True:
-                            waiting = self._waits.get(await control.get())
-                            if waiting is not None:
-                                waiting.cancel()  # stop waiting for the value: read the items
-                    except (*_CLOSED, trio.EndOfChannel):
-                        pass
-                    finally:
-                        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_TIMEOUT):
-                            for future in list(self._futures.values()):  # crashed: stop them
-                                with contextlib.suppress(Exception):
-                                    await future.cancel()
-                            with contextlib.suppress(Exception):
-                                await control.delete()
-                    self._dead = True
-                    if not self._closing:
-                        on_died()
+                    with self._reading:
+                        try:
+                            while True:
+                                waiting = self._waits.get(await control.get())
+                                if waiting is not None:
+                                    waiting.cancel()  # stop waiting for the value: read items
+                        except (*_CLOSED, trio.EndOfChannel):
+                            self._dead = True
+                            if not self._closing:
+                                on_died()
+                    for future in list(self._futures.values()):  # still running: stop them
+                        await _shielded(future.cancel)
+                    await _shielded(control.delete)
         finally:
             self._dead = True
             self._done.set()
@@ -578,9 +528,7 @@ class RemoteWorker(_Worker):
             raise WorkerDied("the worker's connection is closed")
         key = f"taskqueue-{uuid.uuid4().hex}"
         try:
-            future = await client.submit(
-                _remote_call, fn, args, kwargs, self._control, key, key=key
-            )
+            future = await client.submit(remote_call, fn, args, kwargs, self._control, key, key=key)
         except _CLOSED as exc:
             raise WorkerDied("the worker's connection broke") from exc
         self._futures[key] = future
@@ -596,13 +544,12 @@ class RemoteWorker(_Worker):
         except _CLOSED as exc:
             raise WorkerDied("the worker's connection broke") from exc
         except trio.Cancelled:
-            with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_TIMEOUT):
-                with contextlib.suppress(Exception):
-                    await future.cancel()
+            await _shielded(future.cancel)
             raise
         finally:
             self._waits.pop(key, None)
             del self._futures[key]
+            await _shielded(future.release)  # the cluster may forget its outcome now
 
     async def _pump(self, client: Any, key: str, future: Any, sink: _Sink) -> None:
         """Move a streamed call's items from its queue into the sink."""
@@ -620,28 +567,25 @@ class RemoteWorker(_Worker):
                 scope.cancel()
 
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch, nursery.cancel_scope)
-                while True:
-                    kind, value = await items.get()
-                    if kind == _FAILED:
-                        error = remote_error(value)
-                        break
-                    if kind == _DONE:
-                        break
-                    try:
-                        await sink.send(value)
-                    except _CLOSED:  # the reader closed the stream: stop the task
-                        stopped = True
-                        with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_TIMEOUT):
-                            with contextlib.suppress(Exception):
-                                await future.cancel()
-                        break
-                nursery.cancel_scope.cancel()
+            with collapse_single_groups():  # a broken connection raises as itself
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch, nursery.cancel_scope)
+                    while True:
+                        kind, value = await items.get()
+                        if kind == FAILED:
+                            error = remote_error(value)
+                            break
+                        if kind == DONE:
+                            break
+                        try:
+                            await sink.send(value)
+                        except _CLOSED:  # the reader closed the stream: stop the task
+                            stopped = True
+                            await _shielded(future.cancel)
+                            break
+                    nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_TIMEOUT):
-                with contextlib.suppress(Exception):
-                    await items.delete()
+            await _shielded(items.delete)
         if error is not None:
             raise error
         if failed and not stopped:
@@ -650,6 +594,9 @@ class RemoteWorker(_Worker):
     async def _close(self, *, crash: bool) -> None:
         if self._done is None:
             return
-        self._closing = True  # crash or not, its tasks are cancelled as the connection closes
+        self._closing = True  # crash or not, tasks still running there are cancelled
+        self._reading.cancel()
+        with trio.move_on_after(CLOSE_GRACE):
+            await self._done.wait()
         self._scope.cancel()
         await self._done.wait()

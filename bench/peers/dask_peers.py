@@ -171,3 +171,49 @@ def measure_dask_tasks_unqueued(cfg: RunConfig) -> dict[str, Measurement]:
 
     with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
         return _dask_tasks(cfg, round_trip=False, note="as dask-tasks, worker-saturation inf")
+
+
+# --------------------------------------------------------------------------
+# dask-pipeline: the streaming pipeline written with futures and as_completed
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def measure_dask_pipeline(cfg: RunConfig) -> dict[str, Measurement]:
+    """scatter -> submit(inc) -> submit(double) per item, results through
+    ``as_completed``: the old distributed streams pipeline in today's API."""
+    from distributed import Client, as_completed
+
+    cluster = _local_cluster(n_workers=2)
+    try:
+        # as_completed finds its client as the default one
+        with Client(cluster, set_as_default=True) as client:
+            client.wait_for_workers(2, timeout=cfg.timeout)
+
+            def pipeline(n: int) -> float:
+                start = time.perf_counter()
+                finals = []
+                for i in range(n):
+                    data = client.scatter(i, hash=False)
+                    incremented = client.submit(inc, data, pure=False)
+                    finals.append(client.submit(double, incremented, pure=False))
+                total = 0
+                for _, value in as_completed(finals, with_results=True):
+                    total += value
+                elapsed = time.perf_counter() - start
+                if total != sum(2 * (i + 1) for i in range(n)):
+                    raise AssertionError("dask pipeline results do not add up")
+                return elapsed
+
+            pipeline(cfg.warmup_items)
+            rates = [cfg.items / pipeline(cfg.items) for _ in range(cfg.repeat)]
+            note = "client.scatter + 2 x client.submit per item, as_completed(with_results)"
+            return {"pipeline_throughput": Throughput(rates, cfg.items, unit="items/s", note=note)}
+    finally:
+        cluster.close()

@@ -177,8 +177,11 @@ def run_pair(
     *,
     ctx: Any = None,
     notes: dict[str, str] | None = None,
+    modes: tuple[str, ...] = ("single", "batched"),
 ) -> dict[str, Measurement]:
     """Run ``side_a`` and ``side_b`` in two spawned processes; collect.
+
+    ``modes`` are the throughput runs (none: round trips only).
 
     ``spec`` is handed to both (it may hold queues from ``ctx``, the spawn
     context, which the caller created).  The sides report
@@ -187,7 +190,7 @@ def run_pair(
     joined whatever happens.
     """
     ctx = ctx or multiprocessing.get_context("spawn")
-    plan = PairPlan(cfg)
+    plan = PairPlan(cfg, modes)
     barrier = ctx.Barrier(2, timeout=cfg.timeout)
     results = ctx.Queue()
     procs = [

@@ -267,3 +267,135 @@ def measure_trioq_tasks_push(cfg: RunConfig) -> dict[str, Measurement]:
         worker_processes(address, token, 2),
     ):
         return trio.run(_measure_tasks, address, token, cfg)
+
+
+# --------------------------------------------------------------------------
+# streaming pipeline: scatter -> map(inc) -> map(double) -> gather
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+PIPELINE_BUFFER = 64
+
+
+async def _measure_pipeline(address: str, token: str, cfg: RunConfig) -> dict[str, Measurement]:
+    import trio
+
+    import trioq
+
+    async with trioq.connect(address, token=token) as client:
+        with trio.fail_after(cfg.timeout):
+            while len((await client.status())["workers"]) < 2:  # noqa: ASYNC110 (other processes)
+                await trio.sleep(0.05)
+
+        async def pipeline(n: int) -> float:
+            send, source = trio.open_memory_channel[int](PIPELINE_BUFFER)
+
+            async def load() -> None:
+                async with send:
+                    for i in range(n):
+                        await send.send(i)
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(load)
+                data = await client.scatter(source, buffer=PIPELINE_BUFFER)
+                incremented = await client.map(inc, data, buffer=PIPELINE_BUFFER)
+                doubled = await client.map(double, incremented, buffer=PIPELINE_BUFFER)
+                results = await client.gather(doubled, buffer=PIPELINE_BUFFER)
+                expected = 0
+                async with results:
+                    async for value in results:
+                        if value != 2 * (expected + 1):
+                            raise AssertionError(f"item {expected}: got {value}")
+                        expected += 1
+            if expected != n:
+                raise AssertionError(f"{expected} results for {n} items")
+            return time.perf_counter() - start
+
+        await pipeline(cfg.warmup_items)
+        rates = [cfg.items / await pipeline(cfg.items) for _ in range(cfg.repeat)]
+    note = f"scatter -> map(inc) -> map(double) -> gather, buffers of {PIPELINE_BUFFER}"
+    return {"pipeline_throughput": Throughput(rates, cfg.items, unit="items/s", note=note)}
+
+
+def measure_trioq_pipeline(cfg: RunConfig) -> dict[str, Measurement]:
+    """The streaming pipeline on a scheduler process and 2 worker processes."""
+    import trio
+
+    with scheduler_process() as (address, token), worker_processes(address, token, 2):
+        return trio.run(_measure_pipeline, address, token, cfg)
+
+
+# --------------------------------------------------------------------------
+# Pipe round trip: two processes, one end each
+
+
+def pipe_side_a(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
+    import trio
+
+    trio.run(_pipe_side_a, spec, plan, barrier, results)
+
+
+async def _pipe_side_a(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
+    import pickle
+
+    end = pickle.loads(spec["end_a"])
+    os.environ["TRIOQ_TOKEN"] = spec["token"]
+    item = make_items(1)[0]
+    async with end:
+        for run, n in plan.latency_runs():
+            await _barrier(barrier)
+            durations = []
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                await end.send(item)
+                await end.receive()
+                durations.append((time.perf_counter_ns() - t0) * 1e-9)
+            results.put(("rt", run, *percentiles(durations)))
+
+
+def pipe_side_b(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
+    import trio
+
+    trio.run(_pipe_side_b, spec, plan, barrier, results)
+
+
+async def _pipe_side_b(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
+    import pickle
+
+    end = pickle.loads(spec["end_b"])
+    os.environ["TRIOQ_TOKEN"] = spec["token"]
+    async with end:
+        for _run, n in plan.latency_runs():
+            await _barrier(barrier)
+            for _ in range(n):
+                await end.send(await end.receive())
+
+
+async def _make_pipe(address: str, token: str) -> tuple[bytes, bytes]:
+    import pickle
+
+    import trioq
+
+    async with trioq.connect(address, token=token) as client:
+        end_a, end_b = await client.pipe(duplex=True)
+        return pickle.dumps(end_a), pickle.dumps(end_b)
+
+
+def measure_trioq_pipe(cfg: RunConfig) -> dict[str, Measurement]:
+    """``Pipe`` ping-pong between two processes, each holding one end."""
+    import trio
+
+    ctx = multiprocessing.get_context("spawn")
+    with scheduler_process() as (address, token):
+        end_a, end_b = trio.run(_make_pipe, address, token)
+        spec = {"end_a": end_a, "end_b": end_b, "token": token}
+        notes = {"round_trip": "end A sends, end B echoes, A receives"}
+        return run_pair(pipe_side_a, pipe_side_b, spec, cfg, ctx=ctx, notes=notes, modes=())

@@ -1,0 +1,145 @@
+"""``SimpleQueue``: Fiber's queue, with its two ways of handing items to consumers.
+
+Rules:
+
+* ``mode="pull"``: a consumer's ``get`` asks the scheduler for one item, so
+  an item goes to whichever consumer asks next: load-balanced by demand (a
+  slow consumer takes fewer items).  It is a ``Queue`` that never
+  prefetches.
+* ``mode="push"``: a consumer subscribes on its first ``get``; the scheduler
+  then deals items round-robin to subscribers ahead of their requests, up
+  to ``window`` leased to each.  ``get`` takes from that local buffer, so
+  it costs no round trip (lowest overhead) but the split ignores speed: a
+  slow consumer still gets its turn.
+* Either way an item handed to a consumer is leased until consumed: a
+  consumer that closes returns what it holds to the head of the queue, and
+  one that vanishes has it returned by the scheduler.  No item is lost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Literal
+
+import trio
+
+from ._messages import Ok, Pushed, QueueReturn, QueueSubscribe, QueueUnsubscribe
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._client import Client
+
+__all__ = ["SimpleQueue"]
+
+Mode = Literal["pull", "push"]
+
+
+class SimpleQueue:
+    """A named queue with Fiber's pull or push dispatch; ``client.simple_queue()``.
+
+    ``put`` and ``get`` as on ``trioq.Queue``; ``aclose`` (or ``async with``)
+    returns the items a push consumer holds but has not taken.
+    """
+
+    def __init__(
+        self, client: Client, name: str | None = None, mode: Mode = "pull", *, window: int = 16
+    ) -> None:
+        if mode not in ("pull", "push"):
+            raise ValueError(f"mode must be 'pull' or 'push', got {mode!r}")
+        if type(window) is not int or window < 1:
+            raise ValueError(f"window must be a positive int, got {window!r}")
+        self._client = client
+        self._queue = client.queue(name, prefetch=1)
+        #: "pull" or "push".
+        self.mode: Mode = mode
+        self._window = window
+        self._subscribed = False
+        self._buffer: deque[tuple[int, bytes]] = deque()  # (lease, item) pushed to us
+        self._arrived = trio.Event()
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The queue's name in the cluster."""
+        return self._queue.name
+
+    def __repr__(self) -> str:
+        return f"<trioq.SimpleQueue {self.name!r} mode={self.mode}>"
+
+    async def put(self, item: Any) -> None:
+        """Put one item (see ``Queue.put``)."""
+        self._check_open()
+        await self._queue.put(item)
+
+    async def get(self) -> Any:
+        """The next item for this consumer, waiting for one.
+
+        Pull: asks the scheduler for one.  Push: takes the oldest item pushed
+        here (subscribing on first use).  If cancelled, nothing was taken.
+        """
+        self._check_open()
+        if self.mode == "pull":
+            return await self._queue.get()
+        if not self._subscribed:
+            self._subscribed = True
+            self._client._push_links[self.name] = self
+            try:
+                await self._client._request(QueueSubscribe(self.name, self._window), Ok)
+            except BaseException:
+                self._subscribed = False
+                del self._client._push_links[self.name]
+                raise
+        while not self._buffer:
+            self._client._check_usable()
+            await self._arrived.wait()
+            self._arrived = trio.Event()
+            self._check_open()
+        lease, data = self._buffer.popleft()
+        self._client._ack([lease])
+        return self._client._serializer.loads(data)
+
+    async def qsize(self) -> int:
+        """Items put and not yet consumed (queued, pushed or leased)."""
+        return await self._queue.qsize()
+
+    async def aclose(self) -> None:
+        """Stop consuming; a push consumer returns what it holds, unconsumed.  Idempotent."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._arrived.set()  # a get waiting here sees the close
+        if not self._subscribed:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.CancelScope(shield=True):
+            await self._client._request(QueueUnsubscribe(self.name), Ok)
+            # Pushes sent before the unsubscribe may still arrive: they are
+            # returned as they come (see _on_pushed).  Then return what we hold.
+            self._client._push_links.pop(self.name, None)
+            leases = [lease for lease, _ in self._buffer]
+            self._buffer.clear()
+            if leases:
+                await self._client._request(QueueReturn(leases), Ok)
+
+    async def __aenter__(self) -> SimpleQueue:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this SimpleQueue was closed")
+
+    def _on_pushed(self, notice: Pushed) -> None:
+        """Called by the connection's reader with items the scheduler pushed."""
+        first = notice.first_lease
+        self._buffer.extend((first + i, item) for i, item in enumerate(notice.items))
+        self._arrived.set()
