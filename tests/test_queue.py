@@ -548,7 +548,7 @@ async def test_variable_get_with_timeout_raises_too_slow_and_withdraws_the_read(
             with pytest.raises(trio.TooSlowError):
                 await va.get(timeout=0.05)
             await a.status()  # the withdrawal is applied
-            assert cluster.scheduler.state._var_waiters == {}
+            assert cluster.scheduler.state.variables._waiters == {}
             got: list[Any] = []
 
             async def reader() -> None:

@@ -750,7 +750,7 @@ def test_a_variable_set_with_a_malformed_envelope_is_refused_and_keeps_the_old_v
     h.set(SUBMITTER, "v", item("t"))
     rid, out = h.send(ALICE, VariableSet("v", envelope(b"\x92\xa1a")))
     assert fail_of(out, ALICE, rid).kind == "ValueError"
-    assert h.state._variables["v"] == item("t")
+    assert h.state.variables._values["v"] == item("t")
     assert h.refs("t") == 1
 
 

@@ -808,7 +808,9 @@ def test_a_request_id_reused_while_parked_cannot_corrupt_the_state(rid: int) -> 
         assert refused_as_protocol_error(out, 1, rid)
     else:
         assert out == []  # no queue to name in a notice: refused silently
-    assert h.state._var_waiters == {} and list(h.state._conns[1].parked) == ([rid] if rid else [])
+    assert h.state.variables._waiters == {} and list(h.state._conns[1].parked) == (
+        [rid] if rid else []
+    )
     h.disconnect(1)
     assert h.queue_status("q")["getters"] == 0, "a parked get outlived its connection"
     put(h, 2, "q", b"a")  # must not reach for the vanished connection

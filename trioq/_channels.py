@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._channel_messages import (
     ChannelAppend,
@@ -32,11 +32,9 @@ from ._channel_messages import (
     ChannelRead,
     ChannelStop,
 )
+from ._instructions import Out, Reply, StateError
 from ._messages import ITEM_OVERHEAD, Message, Ok
-from ._tasks import TaskBoard, TaskRefused
-
-if TYPE_CHECKING:
-    from ._state import Out
+from ._tasks import TaskBoard
 
 __all__ = ["ChannelBoard"]
 
@@ -80,8 +78,6 @@ class ChannelBoard:
 
     def handle(self, conn: int, rid: int, message: Message, out: Out) -> str | None:
         """Apply a request; returns the channel's name if the request parked."""
-        from ._state import Reply
-
         if isinstance(message, ChannelOpen):
             channel = self._open(message)
             out.append(Reply(conn, rid, ChannelInfo(channel.maxlen, channel.stopped)))
@@ -111,13 +107,13 @@ class ChannelBoard:
 
     def _open(self, msg: ChannelOpen) -> _Channel:
         if msg.maxlen < 0:
-            raise TaskRefused("ValueError", f"maxlen must be >= 1 or None, got {msg.maxlen}")
+            raise StateError("ValueError", f"maxlen must be >= 1 or None, got {msg.maxlen}")
         channel = self._channels.get(msg.channel)
         if channel is None:
             channel = self._channels[msg.channel] = _Channel(msg.channel, msg.maxlen)
         elif msg.maxlen and msg.maxlen != channel.maxlen:
             bound = channel.maxlen or "None"
-            raise TaskRefused(
+            raise StateError(
                 "ValueError",
                 f"channel {msg.channel!r} exists with maxlen {bound}, not {msg.maxlen}",
             )
@@ -126,15 +122,15 @@ class ChannelBoard:
     def _channel(self, name: str) -> _Channel:
         channel = self._channels.get(name)
         if channel is None:
-            raise TaskRefused("LookupError", f"channel {name!r} was never opened")
+            raise StateError("LookupError", f"channel {name!r} was never opened")
         return channel
 
     def _append(self, channel: _Channel, items: list[bytes], out: Out) -> None:
         if channel.stopped:
-            raise TaskRefused("ClosedResourceError", f"channel {channel.name!r} was stopped")
+            raise StateError("ClosedResourceError", f"channel {channel.name!r} was stopped")
         largest = max(map(len, items), default=0)
         if largest > self._max_item_bytes:
-            raise TaskRefused(
+            raise StateError(
                 "ValueError",
                 f"an element of {largest} bytes is over this scheduler's limit of "
                 f"{self._max_item_bytes} bytes",
@@ -160,15 +156,15 @@ class ChannelBoard:
 
     def _read(self, conn: int, rid: int, msg: ChannelRead, out: Out) -> str | None:
         if msg.max_items < 1:
-            raise TaskRefused("ValueError", f"max_items must be >= 1, got {msg.max_items}")
+            raise StateError("ValueError", f"max_items must be >= 1, got {msg.max_items}")
         if msg.start < 0:
-            raise TaskRefused("ValueError", f"start must be >= 0, got {msg.start}")
+            raise StateError("ValueError", f"start must be >= 0, got {msg.start}")
         channel = self._channel(msg.channel)
         if msg.start < channel.end or channel.stopped:
             self._answer(channel, conn, rid, msg.start, msg.max_items, out)
             return None
         if not msg.wait:
-            raise TaskRefused("WouldBlock", f"channel {msg.channel!r} has nothing from {msg.start}")
+            raise StateError("WouldBlock", f"channel {msg.channel!r} has nothing from {msg.start}")
         channel.readers[(conn, rid)] = (msg.start, msg.max_items)
         return channel.name
 
@@ -178,8 +174,6 @@ class ChannelBoard:
         self, channel: _Channel, conn: int, rid: int, start: int, max_items: int, out: Out
     ) -> None:
         """Reply with what there is from ``start`` (maybe nothing, if stopped)."""
-        from ._state import Reply
-
         first = max(start, channel.first)
         index = channel.head + (first - channel.first)
         stop = min(len(channel.elements), index + max_items)

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from ._channel_messages import ChannelRead
 from ._channels import ChannelBoard
+from ._instructions import Fail, Notice, Out, Reply, StateError
 from ._messages import (
     ITEM_OVERHEAD,
     REPLY_OVERHEAD,
@@ -61,48 +62,16 @@ from ._messages import (
     QueueUnsubscribe,
     Status,
     StatusReport,
-    Value,
-    VariableDelete,
     VariableGet,
-    VariableSet,
 )
 from ._task_messages import TaskResult
-from ._tasks import TaskBoard, TaskRefused
+from ._tasks import TaskBoard
+from ._variables_state import VariableBoard
 
-__all__ = ["Reply", "Fail", "Notice", "SchedulerState", "CREDIT_WINDOW"]
+__all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "SchedulerState", "CREDIT_WINDOW"]
 
 CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024 - REPLY_OVERHEAD
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """Send ``message`` as the answer to ``request_id`` on ``conn``."""
-
-    conn: int
-    request_id: int
-    message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """Answer ``request_id`` on ``conn`` with an error of ``kind``."""
-
-    conn: int
-    request_id: int
-    kind: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """Send ``message`` unsolicited (its own op code) on ``conn``."""
-
-    conn: int
-    message: Message
-
-
-Out = list[Reply | Fail | Notice]
 
 
 def _free_push_slot(queue: _Queue, conn: int) -> None:
@@ -117,14 +86,6 @@ def _may_wait(message: Message) -> bool:
     if isinstance(message, (QueueGet, VariableGet, TaskResult, ChannelRead)):
         return message.wait
     return isinstance(message, QueuePut) and message.wait and not message.credited
-
-
-class StateError(Exception):
-    """A request the state refuses: becomes a ``Fail`` of ``kind``."""
-
-    def __init__(self, kind: str, text: str) -> None:
-        super().__init__(text)
-        self.kind = kind
 
 
 @dataclass(slots=True)
@@ -176,11 +137,10 @@ class SchedulerState:
         self.max_item_bytes = max_item_bytes
         self._queues: dict[str, _Queue] = {}
         self._revocations = 0  # numbers each credit revocation
-        self._variables: dict[str, bytes] = {}
-        self._var_waiters: dict[str, dict[tuple[int, int], None]] = {}
         self._conns: dict[int, _Conn] = {}
         self.tasks = TaskBoard(dispatch, prefetch, answered=self._answered)
         self.channels = ChannelBoard(self.tasks, max_item_bytes, answered=self._answered)
+        self.variables = VariableBoard(self.tasks, max_item_bytes, answered=self._answered)
 
     # -- connections -----------------------------------------------------------
 
@@ -233,6 +193,8 @@ class SchedulerState:
                 self._handle_board(self.tasks, "task", conn, request_id, message, out)
             elif isinstance(message, ChannelBoard.MESSAGES):
                 self._handle_board(self.channels, "channel", conn, request_id, message, out)
+            elif isinstance(message, VariableBoard.MESSAGES):
+                self._handle_board(self.variables, "variable", conn, request_id, message, out)
             elif handler is None:
                 raise StateError("ProtocolError", f"{type(message).__name__} is not a request")
             else:
@@ -247,26 +209,16 @@ class SchedulerState:
                 out.append(Notice(conn, notice))
         return out
 
-    def _check_references(self, items: list[bytes]) -> None:
-        """Refuse a put or set with a bad reference envelope, before any change."""
-        try:
-            self.tasks.check_items(items)
-        except TaskRefused as exc:
-            raise StateError(exc.kind, str(exc)) from None
-
     def _handle_board(
         self,
-        board: TaskBoard | ChannelBoard,
+        board: TaskBoard | ChannelBoard | VariableBoard,
         kind: str,
         conn: int,
         rid: int,
         message: Message,
         out: Out,
     ) -> None:
-        try:
-            name = board.handle(conn, rid, message, out)
-        except TaskRefused as exc:
-            raise StateError(exc.kind, str(exc)) from None
+        name = board.handle(conn, rid, message, out)
         if name is not None:
             self._park(conn, rid, kind, name)
 
@@ -303,7 +255,7 @@ class SchedulerState:
             raise StateError(
                 "ClosedResourceError", f"queue {msg.queue!r} was closed by its last send endpoint"
             )
-        self._check_references(msg.items)
+        self.tasks.check_items(msg.items)
         n = len(msg.items)
         largest = max(map(len, msg.items), default=0)
         if largest > self.max_item_bytes:
@@ -390,9 +342,7 @@ class SchedulerState:
         out.append(Reply(conn, rid, Ok()))
         self._settle(queue, out)
 
-    def _on_queue_unsubscribe(
-        self, conn: int, rid: int, msg: QueueUnsubscribe, out: Out
-    ) -> None:
+    def _on_queue_unsubscribe(self, conn: int, rid: int, msg: QueueUnsubscribe, out: Out) -> None:
         queue = self._queues.get(msg.queue)
         if queue is not None and queue.pushees.pop(conn, None) is not None:
             queue.push_turn.remove(conn)
@@ -452,42 +402,6 @@ class SchedulerState:
             if queue is not None:
                 self._settle(queue, out)  # a put that blocked others is gone
 
-    def _on_variable_set(self, conn: int, rid: int, msg: VariableSet, out: Out) -> None:
-        if len(msg.value) > self.max_item_bytes:
-            raise StateError(
-                "ValueError",
-                f"a value of {len(msg.value)} bytes is over this scheduler's limit of "
-                f"{self.max_item_bytes} bytes",
-            )
-        self._check_references([msg.value])
-        old = self._variables.get(msg.name)
-        self._variables[msg.name] = msg.value
-        self.tasks.keep_item(msg.value)
-        if old is not None:
-            self.tasks.release_item(old)
-        for owner, request in self._var_waiters.pop(msg.name, {}):
-            self._conns[owner].parked.pop(request, None)
-            self.tasks.hand_item(owner, msg.value)
-            out.append(Reply(owner, request, Value(msg.value)))
-        out.append(Reply(conn, rid, Ok()))
-
-    def _on_variable_get(self, conn: int, rid: int, msg: VariableGet, out: Out) -> None:
-        value = self._variables.get(msg.name)
-        if value is not None:
-            self.tasks.hand_item(conn, value)
-            out.append(Reply(conn, rid, Value(value)))
-        elif not msg.wait:
-            raise StateError("LookupError", f"variable {msg.name!r} is not set")
-        else:
-            self._park(conn, rid, "variable", msg.name)
-            self._var_waiters.setdefault(msg.name, {})[(conn, rid)] = None
-
-    def _on_variable_delete(self, conn: int, rid: int, msg: VariableDelete, out: Out) -> None:
-        old = self._variables.pop(msg.name, None)
-        if old is not None:
-            self.tasks.release_item(old)
-        out.append(Reply(conn, rid, Ok()))
-
     def _on_credit_return(self, conn: int, rid: int, msg: CreditReturn, out: Out) -> None:
         queue = self._queues.get(msg.queue)
         if queue is not None and queue.revoking.get(conn) == msg.revocation:
@@ -514,9 +428,6 @@ class SchedulerState:
         EndpointOpen: _on_endpoint_open,
         EndpointClose: _on_endpoint_close,
         Cancel: _on_cancel,
-        VariableSet: _on_variable_set,
-        VariableGet: _on_variable_get,
-        VariableDelete: _on_variable_delete,
         Status: _on_status,
         CreditReturn: _on_credit_return,
     }
@@ -716,11 +627,7 @@ class SchedulerState:
             self.channels.unwait(conn, rid, name)
             return None
         if kind == "variable":
-            waiters = self._var_waiters.get(name)
-            if waiters is not None:
-                waiters.pop((conn, rid), None)
-                if not waiters:
-                    del self._var_waiters[name]
+            self.variables.unwait(conn, rid, name)
             return None
         queue = self._queues.get(name)
         if queue is not None:
@@ -772,7 +679,7 @@ class SchedulerState:
                 }
                 for q in self._queues.values()
             ],
-            "variables": sorted(self._variables),
+            "variables": self.variables.status(),
             "channels": self.channels.status(),
             "clients": [
                 {"id": conn, "name": c.name, "address": c.address, "leases": len(c.leases)}
@@ -785,6 +692,7 @@ class SchedulerState:
         """Check the invariants that tie queues, leases and connections together."""
         self.tasks.validate()
         self.channels.validate()
+        self.variables.validate()
         leased: dict[int, int] = {}
         for conn, state in self._conns.items():
             for queue_of_lease, _ in state.leases.values():
@@ -799,7 +707,7 @@ class SchedulerState:
                 elif kind == "channel":
                     assert self.channels.is_reader(conn, rid, name), "parked channel read is lost"
                 else:
-                    assert (conn, rid) in self._var_waiters[name], "parked read is lost"
+                    assert self.variables.is_reader(conn, rid, name), "parked read is lost"
         for queue in self._queues.values():
             assert queue.leased == leased.get(id(queue), 0), "lease count is wrong"
             assert queue.reserved_total == sum(queue.reserved.values()), "credit sum is wrong"

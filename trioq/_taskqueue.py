@@ -47,11 +47,13 @@ from ._taskqueue_workers import (
     _Worker,
 )
 
-__all__ = ["TaskQueue", "TaskInfo", "MAX_REQUEUES"]
+__all__ = ["TaskQueue", "TaskInfo", "MAX_DEATHS"]
 
 log = logging.getLogger("trioq.taskqueue")
 
-MAX_REQUEUES = 3  # times a call goes back to the queue when its worker dies under it
+# A call whose worker died under it goes back to the queue; once MAX_DEATHS
+# workers died running it, it fails (as a cluster task does: see _tasks).
+MAX_DEATHS = 3
 CLOSE_TIMEOUT = 10.0  # seconds shutdown gives the workers to stop before cancelling them
 _TAG_BITS = 48
 
@@ -413,7 +415,7 @@ class TaskQueue:
         """``call``'s worker died under it: run it again elsewhere, or give up."""
         self._disown(call)
         call.deaths += 1
-        if call.settled or call.deaths > MAX_REQUEUES:  # a stream cannot start over
+        if call.settled or call.deaths >= MAX_DEATHS:  # a stream cannot start over
             error = WorkerLostError(f"the call's worker died under it ({call.deaths} times)")
             self._give_up(call, error)
         elif not queued:

@@ -33,9 +33,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._impl import core
+from ._instructions import Notice, Out, Reply, StateError
 from ._messages import Message, Ok
 from ._serialize import references_of
 from ._task_messages import (
@@ -55,9 +56,6 @@ from ._task_messages import (
     WorkerReady,
 )
 
-if TYPE_CHECKING:
-    from ._state import Out
-
 __all__ = ["TaskBoard", "MAX_DEATHS", "FINAL"]
 
 MAX_DEATHS = 3
@@ -67,21 +65,13 @@ FINAL = frozenset({"finished", "error", "cancelled", "lost"})
 _ENVELOPE_START = b"\xc9"  # the first byte of a reference envelope (and of big ext values)
 
 
-class TaskRefused(Exception):
-    """A task request the board refuses: becomes a ``Fail`` of ``kind``."""
-
-    def __init__(self, kind: str, text: str) -> None:
-        super().__init__(text)
-        self.kind = kind
-
-
 @contextlib.contextmanager
 def _refusing_bad_values() -> Iterator[None]:
     """The core's argument errors (a count out of range, say) refuse the request."""
     try:
         yield
     except (TypeError, ValueError) as exc:
-        raise TaskRefused("ValueError", str(exc)) from None
+        raise StateError("ValueError", str(exc)) from None
 
 
 @dataclass(slots=True)
@@ -138,8 +128,6 @@ class TaskBoard:
 
     def handle(self, conn: int, rid: int, message: Message, out: Out) -> str | None:
         """Apply a task request; returns a key if the request parked waiting for it."""
-        from ._state import Notice, Reply
-
         if isinstance(message, Submit):
             self._submit(conn, message, out)
             out.append(Reply(conn, rid, Ok()))
@@ -159,7 +147,7 @@ class TaskBoard:
                 self._core.request_work(conn, message.count)
         elif isinstance(message, WorkerHello):
             if conn in self._workers:
-                raise TaskRefused("ProtocolError", "this connection is a worker already")
+                raise StateError("ProtocolError", "this connection is a worker already")
             with _refusing_bad_values():
                 self._core.add_worker(conn, message.slots, message.series)
             self._workers[conn] = message.name
@@ -184,9 +172,9 @@ class TaskBoard:
 
     def _submit(self, conn: int, msg: Submit, out: Out) -> None:
         if msg.key in self._tasks:
-            raise TaskRefused("ValueError", f"a task with key {msg.key!r} exists already")
+            raise StateError("ValueError", f"a task with key {msg.key!r} exists already")
         if msg.retries < 0:
-            raise TaskRefused("ValueError", f"retries must be >= 0, got {msg.retries}")
+            raise StateError("ValueError", f"retries must be >= 0, got {msg.retries}")
         deps = self._references(msg.payload)
         with _refusing_bad_values():
             self._core.add_task(msg.key, msg.priority, msg.series)  # checks the arguments
@@ -211,7 +199,7 @@ class TaskBoard:
 
     def _scatter(self, conn: int, msg: Scatter) -> None:
         if msg.key in self._tasks:
-            raise TaskRefused("ValueError", f"a task with key {msg.key!r} exists already")
+            raise StateError("ValueError", f"a task with key {msg.key!r} exists already")
         deps = self._references(msg.data)
         task = _Task(msg.key, b"", 0, None, 0, status="finished", data=msg.data, deps=deps)
         task.holders.add(conn)
@@ -223,21 +211,19 @@ class TaskBoard:
         try:
             keys = references_of(data) or []
         except ValueError as exc:
-            raise TaskRefused("ValueError", str(exc)) from None
+            raise StateError("ValueError", str(exc)) from None
         for key in keys:
             if key not in self._tasks:
-                raise TaskRefused("LookupError", f"no task {key!r} (never submitted, or released)")
+                raise StateError("LookupError", f"no task {key!r} (never submitted, or released)")
         return keys
 
     def _result(self, conn: int, rid: int, msg: TaskResult, out: Out) -> str | None:
-        from ._state import Reply
-
         task = self._task(msg.key)
         if task.status in FINAL:
             out.append(Reply(conn, rid, TaskOutcome(task.status, task.data)))
             return None
         if not msg.wait:
-            raise TaskRefused("WouldBlock", f"task {msg.key!r} has not finished")
+            raise StateError("WouldBlock", f"task {msg.key!r} has not finished")
         task.readers[(conn, rid)] = None
         return task.key
 
@@ -255,8 +241,6 @@ class TaskBoard:
         self._finish(task, "finished" if msg.ok else "error", msg.data, out)
 
     def _cancel(self, key: str, out: Out) -> None:
-        from ._state import Notice
-
         task = self._task(key)
         if task.status in FINAL:
             return
@@ -288,10 +272,10 @@ class TaskBoard:
                 try:
                     keys = references_of(item)
                 except ValueError as exc:
-                    raise TaskRefused("ValueError", str(exc)) from None
+                    raise StateError("ValueError", str(exc)) from None
                 for key in keys or ():
                     if key not in self._tasks:
-                        raise TaskRefused(
+                        raise StateError(
                             "LookupError", f"no task {key!r} (never submitted, or released)"
                         )
 
@@ -363,16 +347,14 @@ class TaskBoard:
     def _task(self, key: str) -> _Task:
         task = self._tasks.get(key)
         if task is None:
-            raise TaskRefused("LookupError", f"no task {key!r} (never submitted, or released)")
+            raise StateError("LookupError", f"no task {key!r} (never submitted, or released)")
         return task
 
     def _worker(self, conn: int) -> None:
         if conn not in self._workers:
-            raise TaskRefused("ProtocolError", "only a worker (after WorkerHello) may do this")
+            raise StateError("ProtocolError", "only a worker (after WorkerHello) may do this")
 
     def _dispatch(self, out: Out) -> None:
-        from ._state import Notice
-
         for key, worker in self._core.assignments():
             task = self._tasks[key]
             task.status = "running"
@@ -380,8 +362,6 @@ class TaskBoard:
             out.append(Notice(worker, TaskAssign(key, task.payload, task.deps, dep_data)))
 
     def _finish(self, task: _Task, status: str, data: bytes, out: Out) -> None:
-        from ._state import Notice, Reply
-
         task.status = status
         task.data = data
         task.payload = b""  # not needed any more
