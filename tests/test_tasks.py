@@ -780,3 +780,21 @@ def put_from_thread_through_worker_client(item: str) -> None:
     client = trioq.worker_client()
     queue = trio.from_thread.run_sync(client.queue, "worker-client")  # handles talk to trio
     trio.from_thread.run(queue.put, item)
+
+
+async def test_scatter_of_a_value_or_a_list_gives_data_futures_tasks_receive_as_values() -> None:
+    async with cluster_and_client(workers=1) as (_, client):
+        with trio.fail_after(WAIT):
+            one = await client.scatter({"x": 40})
+            many = await client.scatter([1, 2, 3])
+            assert isinstance(one, trioq.Future) and len(many) == 3
+            assert one.done() and await one == {"x": 40}
+            assert await (await client.submit(add, many[0], many[2])) == 4
+            assert await client.gather(many) == [1, 2, 3]
+
+
+async def test_a_streaming_map_refuses_more_than_one_channel() -> None:
+    async with cluster_and_client(workers=1) as (_, client):
+        first, second = trio.open_memory_channel[int](1)[1], trio.open_memory_channel[int](1)[1]
+        with pytest.raises(TypeError, match="exactly one receive channel"):
+            await client.map(add, first, second)

@@ -1040,3 +1040,75 @@ class PushTaskBoardMachine(TaskBoardMachine):
 
 
 TestPushTaskBoardMachine = PushTaskBoardMachine.TestCase
+
+
+# -- dependencies and orphans ----------------------------------------------------------
+
+
+def submit_depending(h: Harness, conn: int, key: str, *deps: str) -> Out:
+    """Submit ``key`` whose payload refers to ``deps`` (a reference envelope)."""
+    from trioq._serialize import Reference, Serializer
+
+    data = Serializer().dumps_item([Reference(dep) for dep in deps])
+    rid, out = h.send(conn, Submit(key, data, 0, None, 0))
+    assert isinstance(reply_to(out, conn, rid), Ok), out
+    return out
+
+
+def test_a_dependent_waits_outside_the_core_and_runs_once_its_dependency_finished() -> None:
+    h = Harness(CLIENT)
+    h.worker(W1)
+    h.submit(CLIENT, "a")
+    submit_depending(h, CLIENT, "b", "a")
+    out = h.ready(W1, 2)
+    assert assigned(out, W1) == ["a"]  # b waits for a, though W1 has room
+    out = h.done(W1, "a")
+    (assign,) = [m for m in notices(out, W1) if isinstance(m, TaskAssign)]
+    assert (assign.key, assign.deps, assign.dep_data) == ("b", ["a"], [result("a")])
+
+
+def test_a_failed_dependency_fails_its_dependent_with_the_same_error() -> None:
+    h = Harness(CLIENT)
+    h.worker(W1)
+    h.submit(CLIENT, "a")
+    submit_depending(h, CLIENT, "b", "a")
+    h.ready(W1)
+    h.done(W1, "a", ok=False, data=b"the error")
+    outcome = h.outcome_now(CLIENT, "b")
+    assert (outcome.status, outcome.data) == ("error", b"the error")
+
+
+def test_a_released_failing_dependency_with_a_waiting_dependent_is_forgotten_once() -> None:
+    """Regression: finishing the dependent forgot the dependency inside its own finish."""
+    h = Harness(CLIENT)
+    h.worker(W1)
+    h.submit(CLIENT, "a")
+    submit_depending(h, CLIENT, "b", "a")
+    h.oneway(CLIENT, TaskRelease("a"))
+    h.ready(W1)
+    h.done(W1, "a", ok=False, data=b"boom")  # no KeyError: the board stays consistent
+    assert not h.known("a")
+    assert h.outcome_now(CLIENT, "b").status == "error"
+
+
+def test_cancelling_a_dependent_cancels_a_running_dependency_nobody_else_holds() -> None:
+    h = Harness(CLIENT)
+    h.worker(W1)
+    h.submit(CLIENT, "a")
+    submit_depending(h, CLIENT, "b", "a")
+    h.ready(W1)  # a runs
+    h.oneway(CLIENT, TaskRelease("a"))  # only b still needs a
+    out = h.cancel(CLIENT, "b")
+    assert [m.key for m in notices(out, W1) if isinstance(m, TaskAbort)] == ["a"]
+    assert not h.known("a")
+
+
+def test_a_dependency_its_client_still_holds_goes_on_when_its_dependent_is_cancelled() -> None:
+    h = Harness(CLIENT)
+    h.worker(W1)
+    h.submit(CLIENT, "a")
+    submit_depending(h, CLIENT, "b", "a")
+    h.ready(W1)
+    out = h.cancel(CLIENT, "b")
+    assert not [m for m in notices(out, W1) if isinstance(m, TaskAbort)]
+    assert h.task_status()["tasks"]["running"] == 1

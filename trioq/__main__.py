@@ -60,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--nthreads", type=int, default=1, help="tasks each runs at once (1)")
     cluster.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     cluster.add_argument("--port", type=int, default=8786, help="port (8786; 0: any free)")
-    cluster.add_argument("--dispatch", choices=["pull", "push"], default="pull")
+    cluster.add_argument(
+        "--dispatch", choices=["pull", "push"], default="pull", help="task dispatch policy (pull)"
+    )
+    cluster.add_argument(
+        "--prefetch", type=int, default=1, help="push: tasks sent ahead per worker (1)"
+    )
     _add_token_options(cluster)
 
     worker = commands.add_parser("worker", help="run a worker for a scheduler")
@@ -129,7 +134,9 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
 
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    scheduler = Scheduler(args.host, args.port, token=token, dispatch=args.dispatch)
+    scheduler = Scheduler(
+        args.host, args.port, token=token, dispatch=args.dispatch, prefetch=args.prefetch
+    )
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -238,6 +245,9 @@ def _run(args: argparse.Namespace) -> int:
         except DemoFailure as exc:
             print(f"demo FAILED: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt as exc:  # run_demo has stopped everything it started
+            print(f"demo interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
+            return 130
     return 0
 
 

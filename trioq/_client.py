@@ -258,7 +258,9 @@ class Client:
         item (or future) received, and a channel of their futures in order
         (``buffer=`` bounds it; see ``trioq.streams``).
         """
-        if len(iterables) == 1 and isinstance(iterables[0], trio.abc.ReceiveChannel):
+        if any(isinstance(it, trio.abc.ReceiveChannel) for it in iterables):
+            if len(iterables) != 1:
+                raise TypeError("a streaming map takes exactly one receive channel")
             from . import streams
 
             return await streams.map(self, fn, iterables[0], **options)
@@ -284,20 +286,45 @@ class Client:
         if isinstance(futures, trio.abc.ReceiveChannel):
             from . import streams
 
-            return await streams.gather(self, futures, buffer=buffer or streams.DEFAULT_BUFFER)
+            return await streams.gather(
+                self, futures, buffer=streams.DEFAULT_BUFFER if buffer is None else buffer
+            )
         from ._future import gather
 
         return await gather(futures)
 
+    @overload
     async def scatter(
-        self, source: trio.abc.ReceiveChannel[Any], *, buffer: int | None = None
-    ) -> trio.abc.ReceiveChannel[Future]:
-        """Ship each item received from ``source`` to the cluster; a channel of
-        their data futures in order (tasks given one receive its item).  See
-        ``trioq.streams``."""
-        from . import streams
+        self, data: trio.abc.ReceiveChannel[Any], *, buffer: int | None = None
+    ) -> trio.abc.ReceiveChannel[Future]: ...
 
-        return await streams.scatter(self, source, buffer=buffer or streams.DEFAULT_BUFFER)
+    @overload
+    async def scatter(self, data: list[Any] | tuple[Any, ...]) -> list[Future]: ...
+
+    @overload
+    async def scatter(self, data: Any) -> Future: ...
+
+    async def scatter(self, data: Any, *, buffer: int | None = None) -> Any:
+        """Store data in the cluster as data futures (tasks given one receive its value).
+
+        A list or tuple gives a list of futures, one per element; a
+        ``trio.abc.ReceiveChannel`` streams, giving a channel of futures in
+        order (``buffer=`` bounds it; see ``trioq.streams``); anything else
+        gives one future.  Like ``submit`` it does not wait for the
+        scheduler.  Raises ``SerializationError`` for a value that cannot be
+        serialized, ``ValueError`` for a buffer below 1.
+        """
+        if isinstance(data, trio.abc.ReceiveChannel):
+            from . import streams
+
+            return await streams.scatter(
+                self, data, buffer=streams.DEFAULT_BUFFER if buffer is None else buffer
+            )
+        from ._future import scatter_value
+
+        if isinstance(data, (list, tuple)):
+            return [await scatter_value(self, value) for value in data]
+        return await scatter_value(self, data)
 
     def _stream_nursery(self) -> trio.Nursery:
         """Where stream stages run: this client's own nursery (closing it stops them)."""
@@ -480,17 +507,18 @@ class Client:
         cls = _ERRORS.get(reply.kind)
         return cls(reply.message) if cls is not None else RemoteError(reply.kind, reply.message)
 
-    def _ack(self, leases: list[int]) -> None:
+    def _ack(self, leases: list[int], *, batch: int = ACK_BATCH) -> None:
         """Record consumed leases.
 
-        They leave with the next request, or when ``ACK_BATCH`` have gathered,
-        or ``ACK_DELAY`` seconds later: consuming from a prefetched batch then
-        costs no write of its own.
+        They leave with the next request, or when ``batch`` have gathered, or
+        ``ACK_DELAY`` seconds later: consuming from a prefetched batch then
+        costs no write of its own.  (A push consumer passes half its window,
+        so the scheduler refills it before it runs dry.)
         """
         self._acks.extend(leases)
         if self._connection.is_broken:
             return
-        if len(self._acks) >= ACK_BATCH:
+        if len(self._acks) >= batch:
             self._flush_pending()
         else:
             self._ack_armed.set()
@@ -610,6 +638,8 @@ class Client:
             if self._broken is None:
                 self._broken = trio.ClosedResourceError("the client was closed")
             self._task_ended()  # as_completed iterators notice the end too
+            for subscriber in self._push_links.values():
+                subscriber._arrived.set()  # a push get waiting there raises
             pending, self._pending = self._pending, {}
             for entry in pending.values():
                 entry.op = 0

@@ -39,14 +39,18 @@ async def open_cluster(
     host: str = "127.0.0.1",
     port: int = 0,
     token: str | None = None,
+    dispatch: str = "pull",
+    prefetch: int = 1,
 ) -> AsyncIterator[Cluster]:
     """Run a scheduler for the duration of an ``async with`` block.
 
     Listens on 127.0.0.1 and a free port by default; yields a ``Cluster``.
     ``workers`` in-process workers (``nthreads`` threads each) join it.
-    Leaving the block stops the scheduler and drops its state.
+    ``dispatch`` and ``prefetch`` choose how tasks reach workers (see
+    ``Scheduler``).  Leaving the block stops the scheduler and drops its
+    state.  Raises ``ValueError`` for a bad ``dispatch`` or ``prefetch``.
     """
-    scheduler = Scheduler(host, port, token=token)
+    scheduler = Scheduler(host, port, token=token, dispatch=dispatch, prefetch=prefetch)
     with collapse_single_groups():
         async with trio.open_nursery() as nursery:
             address = await nursery.start(scheduler.serve)

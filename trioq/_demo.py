@@ -1,227 +1,114 @@
-"""``python -m trioq demo``: runs trioq's workloads end to end and checks them.
+"""``python -m trioq demo``: trioq's workloads, end to end on an embedded cluster.
 
-Each part prints a few lines and what it reached, and raises ``DemoFailure``
-if a result does not check out, so the command exits 0 only when all did.
-What exists so far: the sans-IO core and named queues and variables
-shared through an embedded scheduler; tasks and channels join here as they
-land.
+An embedded cluster (a scheduler and 2 workers, in this process) serves
+five parts run one after another (see ``_demo_parts``): a bounded queue
+shared by two clients, a streaming pipeline, a replayable channel,
+SimpleQueue and Pipe, and a TaskQueue over a thread and a process worker.
+Each part prints a few lines and its throughput and raises ``DemoFailure``
+unless every result checks out, so the command exits 0 only when all did.
+
+Ctrl-C (SIGINT) cancels the run: everything the parts started (clients,
+the cluster, a ``ProcessWorker``'s child) is stopped and joined by the
+cancel scopes that own it, and ``run_demo`` then raises
+``KeyboardInterrupt`` from a clean stack; its message names any error a
+clean-up raised on the way, so the command still says it in one line.
 """
 
 from __future__ import annotations
 
-import random
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
-import trio.lowlevel
 
 from . import __version__
-from ._impl import core, core_impl
+from ._demo_parts import (
+    DemoFailure,
+    demo_channel,
+    demo_pipeline,
+    demo_queue,
+    demo_simple_queue_and_pipe,
+    demo_taskqueue,
+)
+from ._exceptions import collapse_single_groups
+from ._impl import core_impl
 
-__all__ = ["DemoFailure", "run_demo"]
-
-
-class DemoFailure(Exception):
-    """A demo result did not match what it must be."""
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise DemoFailure(message)
-
-
-def demo_codec(n_frames: int) -> None:
-    """Encode many frames into one buffer; decode them from random chunk sizes."""
-    rng = random.Random(1)
-    payloads = [rng.randbytes(rng.randrange(0, 64)) for _ in range(n_frames)]
-    start = time.perf_counter()
-    encoder = core.FrameEncoder()
-    for i, payload in enumerate(payloads):
-        encoder.write(i % 256, i, payload)
-    wire = encoder.take()
-    encoded = time.perf_counter()
-    decoder = core.FrameDecoder()
-    frames = []
-    pos = 0
-    while pos < len(wire):
-        step = rng.randrange(1, 9000)
-        decoder.feed(wire[pos : pos + step])
-        frames.extend(decoder)
-        pos += step
-    decoded = time.perf_counter()
-    _check(len(frames) == n_frames, f"decoded {len(frames)} frames, sent {n_frames}")
-    _check(
-        all(f.request_id == i and f.payload == payloads[i] for i, f in enumerate(frames)),
-        "a decoded frame differs from the one encoded",
-    )
-    _check(decoder.at_boundary(), "decoder holds a partial frame after the last one")
-    print(
-        f"  {n_frames:,} frames, {len(wire):,} bytes, fed in random chunks: "
-        f"encode {n_frames / (encoded - start):,.0f} frames/s, "
-        f"decode {n_frames / (decoded - encoded):,.0f} frames/s"
-    )
+__all__ = ["DemoFailure", "Sizes", "QUICK", "FULL", "run_demo", "run_parts"]
 
 
-@dataclass
-class _Run:
-    assigned: list[tuple[int, str]] = field(default_factory=list)
-    finished: dict[int, str] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each part does."""
+
+    queue_items: int  #: items through the bounded queue (part 1)
+    pipeline_items: int  #: items through the streaming pipeline (part 2)
+    channel_pairs: int  #: elements each emitter appends (part 3)
+    simple_queue_items: int  #: items through each SimpleQueue mode (part 4)
+    pipe_values: int  #: values through the pipe and back (part 4)
+    taskqueue_calls: int  #: calls over the thread and process workers (part 5)
 
 
-async def demo_scheduler(n_tasks: int) -> None:
-    """The core scheduler alone: three simulated workers (trio tasks) pull by priority."""
-    scheduler = core.PriorityScheduler(policy=core.PULL)
-    slots = {"cpu-a": 2, "cpu-b": 1, "gpu-1": 1}
-    scheduler.add_worker("cpu-a", slots=2)
-    scheduler.add_worker("cpu-b", slots=1)
-    scheduler.add_worker("gpu-1", slots=1, series=["gpu"])
-    rng = random.Random(2)
-    spec: dict[int, tuple[int, str | None]] = {}
-    for key in range(n_tasks):
-        series = "gpu" if key % 10 == 0 else None
-        spec[key] = (rng.randrange(5), series)
-        scheduler.add_task(key, priority=spec[key][0], series=series)
-
-    run = _Run()
-    inboxes = {name: trio.open_memory_channel[int](slots[name]) for name in slots}
-    done_send, done_receive = trio.open_memory_channel[tuple[int, str]](n_tasks)
-    start = time.perf_counter()
-
-    async def worker(name: str) -> None:
-        async with inboxes[name][1] as inbox:
-            async for key in inbox:
-                await trio.lowlevel.checkpoint()  # a real worker would run the callable here
-                await done_send.send((key, name))
-
-    async def dispatcher() -> None:
-        for name, count in slots.items():
-            scheduler.request_work(name, count)
-        while len(run.finished) < n_tasks:
-            for key, name in scheduler.assignments():
-                run.assigned.append((key, name))
-                await inboxes[name][0].send(key)
-            key, name = await done_receive.receive()
-            run.finished[key] = scheduler.task_done(key)
-            scheduler.request_work(name)
-        for send, _ in inboxes.values():
-            await send.aclose()
-
-    async with trio.open_nursery() as nursery:
-        for name in slots:
-            nursery.start_soon(worker, name)
-        nursery.start_soon(dispatcher)
-    elapsed = time.perf_counter() - start
-    scheduler.validate()
-
-    _check(sorted(run.finished) == list(range(n_tasks)), "a task was lost or run twice")
-    _check(
-        all(run.finished[k] == "gpu-1" for k in spec if spec[k][1] == "gpu"),
-        "a gpu task ran on a worker without the gpu series",
-    )
-    plain = [k for k, _ in run.assigned if spec[k][1] is None]
-    _check(
-        plain == sorted(plain, key=lambda k: (-spec[k][0], k)),
-        "tasks without a series did not start by priority, then arrival",
-    )
-    per_worker = {name: sum(1 for w in run.finished.values() if w == name) for name in slots}
-    print(
-        f"  {n_tasks:,} tasks by priority over 3 simulated workers "
-        f"({', '.join(f'{n}: {c}' for n, c in per_worker.items())}), "
-        f"every gpu task on gpu-1: {n_tasks / elapsed:,.0f} tasks/s"
-    )
+QUICK = Sizes(3_000, 600, 600, 1_500, 1_500, 2_000)  # about 3 s, all of the command
+FULL = Sizes(30_000, 5_000, 5_000, 10_000, 10_000, 20_000)  # about 20 s on 2 idle cores
 
 
-async def demo_queue(n_items: int) -> None:
-    """Two clients share a bounded queue through a scheduler: back pressure, end of stream."""
-    from ._client import connect
+async def run_parts(sizes: Sizes) -> None:
+    """Start an embedded cluster with 2 workers and run the five parts in it."""
     from ._cluster import open_cluster
 
-    maxsize = 100
-    async with open_cluster() as cluster:
-        print(f"  scheduler on {cluster.address}")
-        async with (
-            connect(cluster.address, name="producer") as producer,
-            connect(cluster.address, name="consumer") as consumer,
-        ):
-            received: list[int] = []
-            most_waiting = 0
-
-            async def produce() -> None:
-                queue = producer.queue("jobs", maxsize=maxsize)
-                async with queue.open_send_channel() as send:
-                    for i in range(n_items):
-                        await send.send({"job": i})
-                await producer.variable("produced").set(n_items)
-
-            async def consume() -> None:
-                nonlocal most_waiting
-                queue = consumer.queue("jobs", maxsize=maxsize)
-                async with queue.open_receive_channel() as receive:
-                    async for item in receive:
-                        received.append(item["job"])
-                        if len(received) % 500 == 0:
-                            most_waiting = max(most_waiting, await queue.qsize())
-
-            start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume)
-                nursery.start_soon(produce)
-            elapsed = time.perf_counter() - start
-            produced = await consumer.variable("produced").get(timeout=5)
-    _check(received == list(range(n_items)), "the consumer did not get every job once, in order")
-    _check(produced == n_items, "the producer's count did not arrive through the variable")
-    _check(most_waiting <= maxsize, f"the queue held {most_waiting} items, over maxsize {maxsize}")
-    print(
-        f"  {n_items:,} jobs from a producer to a consumer client through queue 'jobs' "
-        f"(maxsize {maxsize}, at most {most_waiting} waiting when sampled), in order, "
-        f"ended by closing the send channel: {n_items / elapsed:,.0f} items/s"
-    )
+    async with open_cluster(workers=2) as cluster:
+        print(f"embedded cluster: scheduler on {cluster.address}, 2 workers", flush=True)
+        print("1. two clients share futures and data through a bounded queue", flush=True)
+        await demo_queue(cluster.address, sizes.queue_items)
+        print("2. a streaming pipeline: scatter -> map(inc) -> map(double) -> gather", flush=True)
+        await demo_pipeline(cluster.address, sizes.pipeline_items)
+        print("3. a replayable channel: two emitters, a combiner adding pairs", flush=True)
+        await demo_channel(cluster.address, sizes.channel_pairs)
+        print("4. SimpleQueue in pull and push mode; a Pipe to a worker task", flush=True)
+        await demo_simple_queue_and_pipe(
+            cluster.address, sizes.simple_queue_items, sizes.pipe_values
+        )
+        print("5. a TaskQueue over a thread worker and a process worker", flush=True)
+        await demo_taskqueue(sizes.taskqueue_calls)
 
 
-def _square(x: int) -> int:
-    return x * x
-
-
-async def demo_tasks(n_tasks: int) -> None:
-    """Submit many tasks to two workers, gather in order, cancel one that sleeps."""
-    from ._client import connect
-    from ._cluster import open_cluster
-    from ._exceptions import TaskCancelledError
-
-    async with (
-        open_cluster(workers=2, nthreads=2) as cluster,
-        connect(cluster.address, name="tasks") as client,
-    ):
-        start = time.perf_counter()
-        futures = await client.map(_square, range(n_tasks))
-        results = await client.gather(futures)
-        elapsed = time.perf_counter() - start
-        sleeper = await client.submit(trio.sleep, 60, priority=10)
-        await sleeper.cancel()
-        try:
-            await sleeper
-            cancelled = False
-        except TaskCancelledError:
-            cancelled = True
-        workers = (await client.status())["workers"]
-    _check(results == [x * x for x in range(n_tasks)], "a task result is wrong or out of order")
-    _check(cancelled, "a cancelled task still produced a result")
-    print(
-        f"  {n_tasks:,} tasks over {len(workers)} workers, results in order: "
-        f"{n_tasks / elapsed:,.0f} tasks/s; a running task cancelled on its worker"
-    )
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of each distinct exception in ``exc`` (a group or not)."""
+    leaves = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+    names = [
+        _describe(e) if isinstance(e, BaseExceptionGroup) else f"{type(e).__name__}: {e}"
+        for e in leaves
+    ]
+    return "; ".join(dict.fromkeys(names))
 
 
 async def run_demo(quick: bool = False) -> None:
-    """Run every demo part; raises ``DemoFailure`` on the first wrong result."""
-    print(f"trioq {__version__}, core: {core_impl()}")
-    print("1. frame codec")
-    demo_codec(20_000 if quick else 200_000)
-    print("2. priority scheduler")
-    await demo_scheduler(2_000 if quick else 20_000)
-    print("3. a named queue shared by two clients")
-    await demo_queue(2_000 if quick else 20_000)
-    print("4. tasks on two workers")
-    await demo_tasks(1_000 if quick else 10_000)
-    print("all results checked out")
+    """Run every part; raises ``DemoFailure`` on the first wrong result, and
+    ``KeyboardInterrupt`` after a clean stop if SIGINT arrived."""
+    started = time.perf_counter()
+    print(f"trioq {__version__}, core: {core_impl()}", flush=True)
+    interrupted = False
+    try:
+        with trio.open_signal_receiver(signal.SIGINT) as signals, collapse_single_groups():
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    nonlocal interrupted
+                    async for _ in signals:
+                        interrupted = True
+                        nursery.cancel_scope.cancel()  # every part unwinds through its scopes
+                        return
+
+                nursery.start_soon(stop_on_signal)
+                await run_parts(QUICK if quick else FULL)
+                nursery.cancel_scope.cancel()  # done: stop listening
+    except Exception as exc:
+        if not interrupted:
+            raise
+        # Everything was still stopped and joined (the nurseries saw to it); an
+        # error some clean-up raised on the way is named, in one line.
+        raise KeyboardInterrupt(f"clean-up raised {_describe(exc)}") from None
+    if interrupted:
+        raise KeyboardInterrupt
+    print(f"all results checked out ({time.perf_counter() - started:.1f} s)")

@@ -1,35 +1,39 @@
-"""Fiber's ``Pipe(duplex)``: two connected ends over one or two trioq queues.
+"""Fiber's ``Pipe(duplex)``: two connected ends, first over queues, then direct.
 
 Rules:
 
-* A duplex pipe is two uniquely named queues: the first end sends on one and
-  receives on the other, the second end the reverse.  A simplex pipe is one
-  queue: the first end receives, the second sends (multiprocessing's order).
-  The wrong direction raises ``TypeError`` (a programming error, like calling
-  ``send`` on a ``trio.abc.ReceiveChannel``, not a state of the stream).
+* A pipe starts on one or two uniquely named queues: a duplex pipe's first
+  end sends on one and receives on the other, the second end the reverse.
+  A simplex pipe is one queue: the first end receives, the second sends
+  (multiprocessing's order).  The wrong direction raises ``TypeError`` (a
+  programming error, like calling ``send`` on a ``trio.abc.ReceiveChannel``).
+* Once both ends are in use they connect directly (``_pipe_link``): a
+  round trip then costs one TCP hop each way instead of two via the
+  scheduler.  The switch keeps the order of every value; a pipe whose ends
+  cannot reach each other stays on its queues.  Either way the semantics
+  below hold.
 * An end opens its queue endpoints lazily, on its first send or receive, so
   a copy that is pickled away and never used where it was made does not
   keep the peer from seeing ``trio.EndOfChannel``.  Closing an end closes
   what it opened: the peer drains what was sent, then gets ``EndOfChannel``.
   Closing an end that never sent (and was never pickled, so it is the only
   copy) opens and closes a send endpoint, so the peer sees the end anyway.
-* A pickled end is ``(address, send queue, receive queue)``: never a token
-  or a connection.  Unpickled, it is unbound and binds on first use to the
-  client given to ``bind``, else to ``trioq.worker_client()`` inside a task,
-  else to a connection that ``async with end:`` opens (token from the
-  environment or this process's clusters) and closes on the way out, in the
-  same task: no connection outlives the block, no task runs outside it.
-* Cancellation is the queues': a cancelled receive loses nothing (an item
-  already taken stays with this client's next receive), a cancelled send
-  either sent or did not.
+* An end is passed on (pickled: through a queue, as a task argument) before
+  it is used; a used end refuses to pickle.  A pickled end is its
+  scheduler's address and the pipe's name: never a token or a connection.
+  Unpickled, it is unbound and binds on first use to the client given to
+  ``bind``, else to ``trioq.worker_client()`` inside a task, else to a
+  connection that ``async with end:`` opens (token from the environment or
+  this process's clusters) and closes on the way out, in the same task: no
+  connection outlives the block, no task runs outside it.
+* Cancellation: a cancelled receive loses nothing (a value already taken
+  stays with this end's next receive), a cancelled send either sent or not.
 * An end closes both directions at once, so an end that saw
-  ``EndOfChannel`` knows the peer is gone: when it closes too (and is the
-  only copy of itself: never pickled) it deletes the pipe's queues.  Ends
-  that both close without reading to the end leave them on the scheduler.
-  One end should be used in one place at a time: a copy of an end used
-  after the pipe was deleted would recreate a queue nobody reads.
+  ``EndOfChannel`` knows the peer is gone: when it closes too (and was
+  never pickled) it deletes the pipe's queues.  Ends that both close
+  without reading to the end leave them on the scheduler.
 
-Every operation is O(1) beyond the queue operation it makes.
+Every operation is O(1) beyond the queue or link operation it makes.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import trio
+
+from ._pipe_link import SWITCH, LinkMaker, is_switch
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -54,10 +60,10 @@ class PipeEnd(trio.abc.Channel[Any]):
 
     A ``trio.abc.Channel``: ``send``, ``receive`` (and Fiber's ``recv``),
     ``aclose``, ``async with``, and ``async for`` until ``trio.EndOfChannel``.
-    It pickles (through a queue, as a task argument, with ``pickle``) as the
-    scheduler's address and its queue names; the copy binds to a client on
-    first use (see ``bind`` and ``__aenter__``).  A simplex end supports one
-    direction only: the other raises ``TypeError``.  Close every end that
+    It pickles (through a queue, as a task argument, with ``pickle``) until
+    it is first used, as the scheduler's address and the pipe's name; the
+    copy binds to a client on first use (see ``bind`` and ``__aenter__``).
+    A simplex end supports one direction only: the other raises ``TypeError``.  Close every end that
     was used (``aclose`` or ``async with``): its endpoints stay open, and the
     peer sees no ``EndOfChannel``, until then or until its client goes away.
     """
@@ -80,12 +86,21 @@ class PipeEnd(trio.abc.Channel[Any]):
         self._pickled = False  # a copy may be in use elsewhere
         self._ended = False  # this end's receive saw EndOfChannel
         self._stack: AsyncExitStack | None = None  # the connection ``async with`` opened
+        # The direct link (see _pipe_link): which end this is, and how far it got.
+        if send_queue is not None and receive_queue is not None:
+            self._pipe, self._role = send_queue[:-2], int(send_queue[-1])
+        else:  # simplex: the receiving end listens
+            self._pipe = receive_queue or send_queue or ""
+            self._role = 0 if receive_queue is not None else 1
+        self._maker: LinkMaker | None = None  # started on first use
+        self._switched_out = False  # sends go over the link now (marker queued)
+        self._switched_in = False  # receives come from the link now (marker seen)
 
     # -- what it is ----------------------------------------------------------------------
 
     @property
     def address(self) -> str:
-        """The address of the scheduler that holds the pipe's queues."""
+        """The address of the scheduler through which the pipe's ends meet."""
         return self._address
 
     @property
@@ -111,15 +126,19 @@ class PipeEnd(trio.abc.Channel[Any]):
         return f"<trioq.PipeEnd {kind} {state} {self._address}>"
 
     def __reduce__(self) -> tuple[Any, tuple[str, str | None, str | None]]:
-        """Pickled, an end is its address and queue names; the copy is unbound.
+        """Pickled, an end is its address and the pipe's name; the copy is unbound.
 
         Raises ``trio.ClosedResourceError`` for a closed end (its copy could
-        only fail; a trioq put or submit reports it as ``SerializationError``).
+        only fail), ``RuntimeError`` for an end already used (pass ends on
+        before using them); a trioq put or submit reports either as
+        ``SerializationError``.
         Once pickled, this object no longer counts as the only copy: closing
         it unused no longer ends the peer's stream.
         """
         if self._closed:
             raise trio.ClosedResourceError("a closed pipe end cannot be pickled")
+        if self._maker is not None:
+            raise RuntimeError("a pipe end that was used cannot be pickled: pass it on first")
         self._pickled = True
         return _unpickle_end, (self._address, self._send_name, self._receive_name)
 
@@ -197,9 +216,18 @@ class PipeEnd(trio.abc.Channel[Any]):
             raise TypeError("this pipe end is receive-only")
         if self._closed:
             raise trio.ClosedResourceError("this pipe end was closed")
+        client = self._bound()
+        maker = self._start_link(client)
         if self._sender is None:
-            self._sender = self._queue(self._bound(), self._send_name).open_send_channel()
-        await self._sender.send(value)
+            self._sender = self._queue(client, self._send_name).open_send_channel()
+        if maker.link is not None and not self._switched_out:
+            await self._sender.send((SWITCH, self._pipe))  # the receiver turns to the link
+            self._switched_out = True
+        if self._switched_out:
+            assert maker.link is not None
+            await maker.link.send(client._serializer.dumps_item(value))
+        else:
+            await self._sender.send(value)
 
     async def receive(self) -> Any:
         """The next value sent by the other end, waiting for one.
@@ -214,13 +242,29 @@ class PipeEnd(trio.abc.Channel[Any]):
             raise TypeError("this pipe end is send-only")
         if self._closed:
             raise trio.ClosedResourceError("this pipe end was closed")
+        client = self._bound()
+        maker = self._start_link(client)
         if self._receiver is None:
-            self._receiver = self._queue(self._bound(), self._receive_name).open_receive_channel()
+            self._receiver = self._queue(client, self._receive_name).open_receive_channel()
         try:
-            return await self._receiver.receive()
+            if not self._switched_in:
+                value = await self._receiver.receive()
+                if not is_switch(value, self._pipe):
+                    return value
+                self._switched_in = True  # the sender sends over the link from now on
+            await maker.ready.wait()  # the peer had it up: ours follows at once
+            assert maker.link is not None
+            return client._serializer.loads(await maker.link.receive())
         except trio.EndOfChannel:
             self._ended = True
             raise
+
+    def _start_link(self, client: Client) -> LinkMaker:
+        """The first use of the end starts making the direct link, in the background."""
+        if self._maker is None:
+            self._maker = LinkMaker(client, self._pipe, self._role)
+            self._maker.start()
+        return self._maker
 
     async def recv(self) -> Any:
         """Fiber's (and multiprocessing's) name for ``receive``; the same in every way."""
@@ -241,6 +285,8 @@ class PipeEnd(trio.abc.Channel[Any]):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        if self._maker is not None:
+            self._maker.stop()  # the peer reads what was sent, then the end of stream
         client = self._client if self._client is not None else _worker_client()
         if client is None or client._closed or client._broken is not None:
             client = None  # nothing to tell the scheduler (or no way to)

@@ -407,7 +407,8 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
 
 
 def _usable(client: Client) -> bool:
-    return not client._closed and client._broken is None
+    # The connection may break (its reader cancelled) before the client notes it.
+    return not client._closed and client._broken is None and not client._connection.is_broken
 
 
 def _close_endpoint(queue: Queue, kind: str) -> None:

@@ -82,12 +82,20 @@ class SimpleQueue:
         if self.mode == "pull":
             return await self._queue.get()
         if not self._subscribed:
+            if self._client._push_links.get(self.name) is not None:
+                raise RuntimeError(
+                    f"this client already has a push consumer on queue {self.name!r}"
+                )
+            # Subscribed from the moment the request is sent: if the wait is
+            # cancelled, the scheduler may still apply it, and aclose must undo it.
             self._subscribed = True
             self._client._push_links[self.name] = self
             try:
                 await self._client._request(QueueSubscribe(self.name, self._window), Ok)
+            except trio.Cancelled:
+                raise
             except BaseException:
-                self._subscribed = False
+                self._subscribed = False  # refused: nothing to undo
                 del self._client._push_links[self.name]
                 raise
         while not self._buffer:
@@ -96,7 +104,7 @@ class SimpleQueue:
             self._arrived = trio.Event()
             self._check_open()
         lease, data = self._buffer.popleft()
-        self._client._ack([lease])
+        self._client._ack([lease], batch=max(1, self._window // 2))
         return self._client._serializer.loads(data)
 
     async def qsize(self) -> int:

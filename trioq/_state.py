@@ -74,11 +74,23 @@ CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024 - REPLY_OVERHEAD
 
 
-def _free_push_slot(queue: _Queue, conn: int) -> None:
-    """A lease of a push subscriber ended: its window has room for one more."""
-    slot = queue.pushees.get(conn)
-    if slot is not None and slot[0] < slot[1]:
-        slot[0] += 1
+@dataclass(slots=True)
+class _Subscriber:
+    """A connection items of a queue are pushed to (``QueueSubscribe``)."""
+
+    window: int  # most pushed items it holds at once
+    pushed: set[int] = field(default_factory=set)  # its leases that were pushed
+
+    @property
+    def free(self) -> int:
+        return self.window - len(self.pushed)
+
+
+def _end_pushed_lease(queue: _Queue, conn: int, lease: int) -> None:
+    """A lease ended (consumed or returned): a pushed one frees a place in its window."""
+    subscriber = queue.pushees.get(conn)
+    if subscriber is not None:
+        subscriber.pushed.discard(lease)
 
 
 def _may_wait(message: Message) -> bool:
@@ -104,7 +116,7 @@ class _Queue:
     receivers: int = 0
     closed: bool = False  # its last send endpoint closed
     broken: bool = False  # its last receive endpoint closed
-    pushees: dict[int, list[int]] = field(default_factory=dict)  # conn -> [free, window]
+    pushees: dict[int, _Subscriber] = field(default_factory=dict)
     push_turn: deque[int] = field(default_factory=deque)  # subscribers, next served first
 
     def room(self) -> int:
@@ -178,6 +190,7 @@ class SchedulerState:
             if queue_or_none is not None:
                 self._settle(queue_or_none, out)
         self.tasks.disconnect(conn, out)
+        self.tasks.settle(out)
         return out
 
     # -- requests ----------------------------------------------------------------
@@ -199,6 +212,7 @@ class SchedulerState:
                 raise StateError("ProtocolError", f"{type(message).__name__} is not a request")
             else:
                 handler(self, conn, request_id, message, out)
+            self.tasks.settle(out)  # tasks this request left unheld are cancelled
             if not request_id:  # one-way: the sender wants no answer
                 out = [o for o in out if not (isinstance(o, Reply) and o.request_id == 0)]
         except StateError as exc:
@@ -317,7 +331,7 @@ class SchedulerState:
             if entry is not None:
                 entry[0].leased -= 1
                 freed[id(entry[0])] = entry[0]
-                _free_push_slot(entry[0], conn)
+                _end_pushed_lease(entry[0], conn, lease)
                 self.tasks.release_item(entry[1])
         for queue in freed.values():
             if self._queues.get(queue.name) is queue:
@@ -326,8 +340,8 @@ class SchedulerState:
     def _on_queue_return(self, conn: int, rid: int, msg: QueueReturn, out: Out) -> None:
         leases = self._conns[conn].leases
         returned = {lease: leases.pop(lease) for lease in msg.leases if lease in leases}
-        for queue, _ in returned.values():
-            _free_push_slot(queue, conn)
+        for lease, (queue, _) in returned.items():
+            _end_pushed_lease(queue, conn, lease)
         for name in self._restore_leases(returned):
             self._settle(self._queues[name], out)
         out.append(Reply(conn, rid, Ok()))
@@ -336,9 +350,12 @@ class SchedulerState:
         if msg.window < 1:
             raise StateError("ValueError", f"window must be >= 1, got {msg.window}")
         queue = self._queue(msg.queue)
-        if conn not in queue.pushees:
+        subscriber = queue.pushees.get(conn)
+        if subscriber is None:
+            queue.pushees[conn] = _Subscriber(msg.window)
             queue.push_turn.append(conn)
-        queue.pushees[conn] = [msg.window, msg.window]
+        else:  # subscribing again changes the window; what it holds still counts
+            subscriber.window = msg.window
         out.append(Reply(conn, rid, Ok()))
         self._settle(queue, out)
 
@@ -531,18 +548,19 @@ class SchedulerState:
         while queue.items and idle < len(turn):
             conn = turn[0]
             turn.rotate(-1)
-            slot = queue.pushees[conn]
-            if not slot[0]:
+            subscriber = queue.pushees[conn]
+            if subscriber.free - len(dealt.get(conn, ())) <= 0:
                 idle += 1
                 continue
             idle = 0
-            slot[0] -= 1
             dealt.setdefault(conn, []).append(queue.items.popleft())
         for conn, items in dealt.items():
             state = self._conns[conn]
+            pushed = queue.pushees[conn].pushed
             first = state.next_lease
             for offset, item in enumerate(items):
                 state.leases[first + offset] = (queue, item)
+                pushed.add(first + offset)
                 self.tasks.hand_item(conn, item)
             state.next_lease = first + len(items)
             queue.leased += len(items)
@@ -720,10 +738,12 @@ class SchedulerState:
                 ), "credit beyond the room"
             assert not (queue.items and queue.getters), "items wait while getters wait"
             assert sorted(queue.push_turn) == sorted(queue.pushees), "push turn is off"
-            for free, window in queue.pushees.values():
-                assert 0 <= free <= window, "a push window is off"
+            for conn, subscriber in queue.pushees.items():
+                assert subscriber.free >= 0, "a subscriber holds more than its window"
+                leases = self._conns[conn].leases
+                assert all(leases[lease][0] is queue for lease in subscriber.pushed), "lost push"
             if queue.items:
-                assert all(free == 0 for free, _ in queue.pushees.values()), "push stalled"
+                assert all(sub.free <= 0 for sub in queue.pushees.values()), "push stalled"
             assert not ((queue.closed or queue.broken) and queue.putters), "refused puts wait"
             assert queue.senders >= 0 and queue.receivers >= 0, "negative endpoint count"
             for conn, rid in [*queue.getters, *queue.putters]:

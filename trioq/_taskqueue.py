@@ -435,7 +435,11 @@ class TaskQueue:
         """Run ``fn(*args, **kwargs)`` on a worker; return its result.
 
         Lower ``niceness`` (-20..20) runs sooner; a ``series`` call runs only
-        on workers qualified for it (waiting until one is).  If ``fn`` returns
+        on workers qualified for it (waiting until one is).  Among calls of
+        equal niceness, series take turns (fair queueing): calls without a
+        series count as one more series, so a plain call submitted after a
+        burst of series calls runs in its turn, not after the whole burst.
+        If ``fn`` returns
         an iterator or generator, the result is a ``trio.abc.ReceiveChannel``
         of its items.  Raises ``fn``'s exception (unless ``return_failure`` is
         False), ``TypeError``/``ValueError`` for bad arguments, ``RuntimeError``

@@ -19,6 +19,10 @@ Rules:
   otherwise (error, cancelled, lost), the task ends the same way without
   running.  Its dependencies are kept alive until it ends.
 * ``Scatter`` stores data as a task that finished at once (a data future).
+* A task still to run that loses its last reference from the cluster's
+  state (an item, a value, a dependent) while no client holds it is
+  cancelled: nobody could read its result (``settle``).  A client letting
+  go never cancels: a submitted task runs even if its submitter leaves.
 * A finished task's outcome is kept while something holds it: a
   connection (the submitter, or one that read a future of it, until it
   releases the task or goes away) or a stored item or value that refers to
@@ -122,6 +126,7 @@ class TaskBoard:
         self._answered = answered  # a parked TaskResult was answered: it waits no more
         self._tasks: dict[str, _Task] = {}
         self._dependents: dict[str, list[_Task]] = {}  # key -> tasks waiting for it
+        self._orphans: list[_Task] = []  # unfinished tasks that lost their last holder
         self._workers: dict[int, str] = {}  # conn -> worker name
 
     # -- requests --------------------------------------------------------------
@@ -261,7 +266,7 @@ class TaskBoard:
         for key in keys:
             task = self._tasks[key]  # kept while referred to (see check_items)
             task.refs -= 1
-            self._forget_if_unheld(task)
+            self._forget_if_unheld(task, orphan=True)
 
     def check_items(self, items: list[bytes]) -> None:
         """Refuse items whose reference envelope is malformed or names a task
@@ -388,11 +393,36 @@ class TaskBoard:
         if not task.waiting:
             self._core.add_task(task.key, task.priority, task.series)
 
-    def _forget_if_unheld(self, task: _Task) -> None:
-        if not task.holders and not task.refs and task.status in FINAL and not task.readers:
+    def _forget_if_unheld(self, task: _Task, orphan: bool = False) -> None:
+        """Forget an ended task nothing holds.
+
+        ``orphan``: its last reference from the cluster's state went (an item,
+        a value, a dependent task); if it has not ended and no client holds
+        it, nobody can ever read its result, so ``settle`` cancels it.  A
+        client letting go (release, disconnect) never cancels: a submitted
+        task runs even if its submitter leaves (fire and forget).
+        """
+        if task.holders or task.refs or task.readers or self._tasks.get(task.key) is not task:
+            return  # wanted, or forgotten already (a nested finish)
+        if task.status in FINAL:
             del self._tasks[task.key]
             deps, task.deps = task.deps, []  # a scattered value's references
             self.drop_refs(deps)
+        elif orphan:
+            self._orphans.append(task)
+
+    def settle(self, out: Out) -> None:
+        """Cancel the tasks nobody holds any more: nobody can read their results.
+
+        Called after every request (a release, an acknowledged item, a
+        disconnect may orphan a task); cancelling an orphan frees what it
+        depended on, which may orphan more, until none is left.
+        """
+        while self._orphans:
+            task = self._orphans.pop()
+            wanted = task.holders or task.refs or task.readers
+            if self._tasks.get(task.key) is task and task.status not in FINAL and not wanted:
+                self._cancel(task.key, out)
 
     # -- introspection ----------------------------------------------------------------
 
@@ -410,6 +440,7 @@ class TaskBoard:
 
     def validate(self) -> None:
         self._core.validate()
+        assert not self._orphans, "orphaned tasks were not settled"
         for key, task in self._tasks.items():
             if task.status in FINAL:
                 assert key not in self._core, "a finished task is still scheduled"

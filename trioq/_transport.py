@@ -49,10 +49,12 @@ class FramedConnection:
         *,
         max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
         high_water: int = HIGH_WATER,
+        busy_window: float = _BUSY_WINDOW,
     ) -> None:
         self.stream = stream
         self._max_frame_size = max_frame_size
         self._high_water = high_water
+        self._busy_window = busy_window  # 0: only a burst of queued frames is gathered
         self._encoder = core.FrameEncoder(max_frame_size)
         self._decoder = core.FrameDecoder(HANDSHAKE_MAX_FRAME)
         self._has_data = trio.Event()
@@ -154,7 +156,7 @@ class FramedConnection:
         """
         return (
             self._encoder.frames_buffered > 1
-            or trio.current_time() - self._last_flush < _BUSY_WINDOW
+            or trio.current_time() - self._last_flush < self._busy_window
         )
 
     def _buffered_and_pending(self) -> int:
@@ -214,6 +216,32 @@ class FramedConnection:
                     # A peer that sends requests but does not read the answers
                     # waits here, so our buffer for it stays bounded.
                     await self.wait_writable()
+        except BaseException as exc:
+            self._mark_broken(exc)
+            raise
+
+    async def receive_frame(self) -> Any:
+        """The next frame from the peer, or None at a clean end of stream.
+
+        For owners that take frames at their own pace (a slow taker stops the
+        reading, and TCP slows the peer).  Raises as ``run_reader`` does.
+        """
+        decoder = self._decoder
+        try:
+            while True:
+                frame = decoder.next_frame()
+                if frame is not None:
+                    return frame
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                self.last_received = trio.current_time()
+                if not data:
+                    if not decoder.at_boundary():
+                        raise RemoteProtocolError("the peer closed the connection mid-frame")
+                    self._mark_broken(trio.EndOfChannel("the peer closed the connection"))
+                    return None
+                decoder.feed(data)
+        except trio.Cancelled:
+            raise  # the owner stopped reading: the connection is not broken by it
         except BaseException as exc:
             self._mark_broken(exc)
             raise

@@ -35,7 +35,7 @@ buffers; they run in a nursery the caller gives.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import outcome
@@ -66,21 +66,52 @@ def _check_source(source: object) -> None:
         raise TypeError(f"expected a trio.abc.ReceiveChannel, got {type(source).__name__}")
 
 
-class _Results(trio.abc.ReceiveChannel[Any]):
-    """The output of ``gather``: values, or the task's error at its place."""
+class _Output(trio.abc.ReceiveChannel[Any]):
+    """A stage's (or branch's) output: values, or an error at its place, in order.
 
-    def __init__(self, inner: trio.MemoryReceiveChannel[outcome.Outcome[Any]]) -> None:
+    Closing it discards what is buffered (futures are cancelled and
+    released) and cancels the pump feeding it, wherever that pump waits, so
+    the teardown travels up at once.
+    """
+
+    def __init__(
+        self,
+        inner: trio.MemoryReceiveChannel[outcome.Outcome[Any]],
+        pump: trio.CancelScope | None = None,
+    ) -> None:
         self._inner = inner
+        self._pump = pump
 
     async def receive(self) -> Any:
+        """The next value; raises the error at its place, or ``trio.EndOfChannel``."""
         result = await self._inner.receive()
         return result.unwrap()
 
-    def clone(self) -> _Results:
-        return _Results(self._inner.clone())
-
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        """Tear the stage down (see the class)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """``aclose`` without a checkpoint."""
+        _drain_and_close(self._inner)
+        if self._pump is not None:
+            self._pump.cancel()
+
+
+def _drain_and_close(channel: trio.MemoryReceiveChannel[Any]) -> None:
+    """Close a memory channel, discarding what is buffered, with no checkpoint between.
+
+    No item can be sent into the buffer after the drain and lost with it: a
+    sender blocked on it gets ``BrokenResourceError`` instead and discards
+    its own item.
+    """
+    while True:
+        try:
+            _discard(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+    channel.close()
 
 
 # -- discarding what a torn-down stage holds ---------------------------------------
@@ -113,28 +144,68 @@ def _release(future: Future) -> None:
         future._client._send_oneway(TaskRelease(future.key))
 
 
-def _close_input(source: trio.abc.ReceiveChannel[Any]) -> None:
-    """Close a stage's input, discarding what is buffered in it, without a checkpoint.
-
-    Draining and closing with no checkpoint in between means no item can be
-    sent into the buffer after the drain and lost with it: a sender blocked
-    on it gets ``BrokenResourceError`` instead and discards its own item.
-    """
-    if isinstance(source, trio.MemoryReceiveChannel):
-        while True:
-            try:
-                _discard(source.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+async def _close_input(source: trio.abc.ReceiveChannel[Any]) -> None:
+    """Close a stage's input (its upstream stage tears down too)."""
+    if isinstance(source, _Output):
         source.close()
-
-
-async def _close_foreign_input(source: trio.abc.ReceiveChannel[Any]) -> None:
-    if isinstance(source, trio.MemoryReceiveChannel):
-        _close_input(source)
+    elif isinstance(source, trio.MemoryReceiveChannel):
+        _drain_and_close(source)
     else:
-        with trio.CancelScope(shield=True):
+        with (
+            trio.CancelScope(shield=True),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
             await source.aclose()
+
+
+async def _next(source: trio.abc.ReceiveChannel[Any]) -> outcome.Outcome[Any] | None:
+    """The next input as an outcome (an upstream error travels on at its place);
+    None at the end."""
+    try:
+        return outcome.Value(await source.receive())
+    except trio.EndOfChannel:
+        return None
+    except (trio.Cancelled, trio.ClosedResourceError, trio.BrokenResourceError):
+        raise
+    except Exception as exc:
+        return outcome.Error(exc)
+
+
+async def _attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> outcome.Outcome[Any]:
+    """``fn``'s result or its error, as an outcome; a client that is gone raises."""
+    try:
+        return outcome.Value(await fn(*args, **kwargs))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise
+    except Exception as exc:
+        return outcome.Error(exc)
+
+
+def _start(client: Client, buffer: int, pump: Callable[..., Any], *args: Any) -> _Output:
+    """Run ``pump(*args, send)`` in the client's nursery under a scope of its own."""
+    send, receive = trio.open_memory_channel[outcome.Outcome[Any]](_check_buffer(buffer))
+    scope = trio.CancelScope()
+    nursery = client._stream_nursery()
+
+    async def run() -> None:
+        with scope:
+            try:
+                async with send:
+                    await pump(*args, send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the consumer left, or the client is closing
+
+    nursery.start_soon(run)
+    return _Output(receive, scope)
+
+
+async def _emit(send: trio.MemorySendChannel[outcome.Outcome[Any]], result: Any) -> None:
+    """Send a result downstream; one that cannot be delivered is discarded."""
+    try:
+        await send.send(result)
+    except BaseException:
+        _discard(result)
+        raise
 
 
 # -- stages --------------------------------------------------------------------------
@@ -143,30 +214,30 @@ async def _close_foreign_input(source: trio.abc.ReceiveChannel[Any]) -> None:
 async def scatter(
     client: Client, source: trio.abc.ReceiveChannel[Any], *, buffer: int = DEFAULT_BUFFER
 ) -> trio.abc.ReceiveChannel[Future]:
-    """Ship each item of ``source`` to the cluster; a channel of its data futures."""
+    """Ship each item of ``source`` to the cluster; a channel of its data futures.
+
+    An item that cannot be serialized raises its ``SerializationError`` from
+    the output's ``receive`` at its place.  Raises ``TypeError`` for a source
+    that is not a receive channel, ``ValueError`` for a buffer below 1.
+    """
     _check_source(source)
-    send, receive = trio.open_memory_channel[Future](_check_buffer(buffer))
-    client._stream_nursery().start_soon(_scatter_pump, client, source, send)
+    output = _start(client, buffer, _scatter_pump, client, source)
     await trio.lowlevel.checkpoint()
-    return receive
+    return output
 
 
 async def _scatter_pump(
-    client: Client, source: trio.abc.ReceiveChannel[Any], send: trio.MemorySendChannel[Future]
+    client: Client,
+    source: trio.abc.ReceiveChannel[Any],
+    send: trio.MemorySendChannel[outcome.Outcome[Any]],
 ) -> None:
     try:
-        async with send:
-            async for item in source:
-                future = await scatter_value(client, item)
-                try:
-                    await send.send(future)
-                except (trio.BrokenResourceError, trio.Cancelled):
-                    _discard(future)
-                    raise
-    except trio.BrokenResourceError:
-        pass  # the consumer left: the teardown goes upstream below
+        while (item := await _next(source)) is not None:
+            if isinstance(item, outcome.Value):
+                item = await _attempt(scatter_value, client, item.value)
+            await _emit(send, item)
     finally:
-        await _close_foreign_input(source)
+        await _close_input(source)
 
 
 async def map(
@@ -179,15 +250,18 @@ async def map(
 ) -> trio.abc.ReceiveChannel[Future]:
     """A task ``fn(item)`` per item or future of ``source``; a channel of their
     futures, in input order.  A future's task receives its result.  ``options``
-    go to ``submit`` (priority, series, retries)."""
+    go to ``submit`` (priority, series, retries).
+
+    Raises ``TypeError`` for a source that is not a receive channel or an
+    ``fn`` that is not callable, ``ValueError`` for a buffer below 1.
+    """
     _check_source(source)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     pickled = Pickled(pickle_dumps(fn))
-    send, receive = trio.open_memory_channel[Future](_check_buffer(buffer))
-    client._stream_nursery().start_soon(_map_pump, client, fn, pickled, source, send, options)
+    output = _start(client, buffer, _map_pump, client, fn, pickled, source, options)
     await trio.lowlevel.checkpoint()
-    return receive
+    return output
 
 
 async def _map_pump(
@@ -195,26 +269,21 @@ async def _map_pump(
     fn: Callable[..., Any],
     pickled: Pickled,
     source: trio.abc.ReceiveChannel[Any],
-    send: trio.MemorySendChannel[Future],
     options: dict[str, Any],
+    send: trio.MemorySendChannel[outcome.Outcome[Any]],
 ) -> None:
     try:
-        async with send:
-            async for item in source:
+        while (item := await _next(source)) is not None:
+            if isinstance(item, outcome.Value):
+                value = item.value
                 try:
-                    future = await submit(client, fn, item, _pickled_fn=pickled, **options)
+                    item = await _attempt(submit, client, fn, value, _pickled_fn=pickled, **options)
                 finally:
-                    if isinstance(item, Future):
-                        _release(item)  # the task holds it from its submit on
-                try:
-                    await send.send(future)
-                except (trio.BrokenResourceError, trio.Cancelled):
-                    _discard(future)
-                    raise
-    except trio.BrokenResourceError:
-        pass
+                    if isinstance(value, Future):
+                        _release(value)  # the task holds it from its submit on
+            await _emit(send, item)
     finally:
-        await _close_foreign_input(source)
+        await _close_input(source)
 
 
 async def gather(
@@ -223,55 +292,66 @@ async def gather(
     """The results of the futures of ``source``, in input order.
 
     Up to ``buffer`` futures are read ahead at once (their reads pipelined).
-    A task's error is raised by the ``receive`` of its place.
+    A task's error, or ``TypeError`` for an input that is not a future, is
+    raised by the ``receive`` of its place; later items follow.  Raises
+    ``TypeError`` for a source that is not a receive channel, ``ValueError``
+    for a buffer below 1.
     """
     _check_source(source)
     window = _check_buffer(buffer)
-    send, receive = trio.open_memory_channel[outcome.Outcome[Any]](window)
-    client._stream_nursery().start_soon(_gather_pump, client, source, send, window)
+    output = _start(client, window, _gather_pump, client, source, window)
     await trio.lowlevel.checkpoint()
-    return _Results(receive)
+    return output
+
+
+_Entry = tuple[Future | None, Any]  # a future and its pending read, or None and an outcome
 
 
 async def _gather_pump(
     client: Client,
     source: trio.abc.ReceiveChannel[Future],
-    send: trio.MemorySendChannel[outcome.Outcome[Any]],
     window: int,
+    send: trio.MemorySendChannel[outcome.Outcome[Any]],
 ) -> None:
     """A reader sends result reads ahead (up to ``window``); an emitter takes the
     answers in input order.  Teardown withdraws the reads and discards their futures."""
-    ahead_send, ahead = trio.open_memory_channel[tuple[Future, int, "_Pending"]](window)
+    ahead_send, ahead = trio.open_memory_channel[_Entry](window)
 
     async def read_ahead() -> None:
         async with ahead_send:
-            async for future in source:
-                if not isinstance(future, Future):
-                    raise TypeError(f"gather expects futures, got {type(future).__name__}")
-                request_id = client._send_request(TaskResult(future.key, True))
-                entry = (future, request_id, client._pending[request_id])
+            while (item := await _next(source)) is not None:
+                if not isinstance(item, outcome.Value):
+                    entry: _Entry = (None, item)  # an upstream error, at its place
+                elif not isinstance(item.value, Future):
+                    kind = type(item.value).__name__
+                    entry = (None, outcome.Error(TypeError(f"gather expects futures, got {kind}")))
+                else:
+                    future = item.value
+                    request_id = client._send_request(TaskResult(future.key, True))
+                    entry = (future, (request_id, client._pending[request_id]))
                 try:
                     await ahead_send.send(entry)
                 except BaseException:
                     _unread(client, entry)
                     raise
 
-    current = None
+    current: _Entry | None = None
     try:
         with collapse_single_groups():
-            async with send, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_ahead)
-                try:
-                    async for entry in ahead:
-                        current = entry
-                        future, _, pending = entry
+                async for entry in ahead:
+                    current = entry
+                    future, read = entry
+                    if future is None:
+                        result = read
+                    else:
+                        _, pending = read
                         await pending.event.wait()
                         result = _outcome(future, pending)
                         _release(future)
-                        current = None
-                        await send.send(result)
-                except trio.BrokenResourceError:  # the consumer left
-                    nursery.cancel_scope.cancel()
+                    current = None
+                    await send.send(result)
     finally:
         if current is not None:
             _unread(client, current)
@@ -281,12 +361,15 @@ async def _gather_pump(
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
         ahead.close()
-        await _close_foreign_input(source)
+        await _close_input(source)
 
 
-def _unread(client: Client, entry: tuple[Future, int, _Pending]) -> None:
+def _unread(client: Client, entry: _Entry) -> None:
     """Withdraw a read nobody will take, and discard its future."""
-    future, request_id, pending = entry
+    future, read = entry
+    if future is None:
+        return
+    request_id, pending = read
     if not pending.event.is_set():
         pending.late = _forget
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -307,48 +390,60 @@ def _outcome(future: Future, pending: _Pending) -> outcome.Outcome[Any]:
 @contextlib.asynccontextmanager
 async def multiplex(
     n: int, source: trio.abc.ReceiveChannel[Any], *, buffer: int = DEFAULT_BUFFER
-) -> AsyncIterator[list[trio.abc.ReceiveChannel[Any]]]:
+) -> AsyncIterator[Sequence[trio.abc.ReceiveChannel[Any]]]:
     """``n`` channels that each yield every item of ``source`` (a tee), inside
     ``async with``; the slowest of them sets the pace through its buffer.
 
     A future is shared: each branch that consumes it owns a share, and this
     client releases it when the last share is released.  A branch that is
-    closed is dropped; when every branch is closed, ``source`` is closed.
+    closed is dropped (its buffered shares are given up); when every branch
+    is closed, ``source`` is closed.  Leaving the block closes everything.
+    Raises ``TypeError`` for a source that is not a receive channel,
+    ``ValueError`` for ``n`` or ``buffer`` below 1.
     """
     _check_source(source)
     if type(n) is not int or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     _check_buffer(buffer)
-    pairs = [trio.open_memory_channel[Any](buffer) for _ in range(n)]
+    pairs = [trio.open_memory_channel[outcome.Outcome[Any]](buffer) for _ in range(n)]
+    branches = [_Output(receive) for _, receive in pairs]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_tee_pump, source, [send for send, _ in pairs])
         try:
-            yield [receive for _, receive in pairs]
+            yield branches
         finally:
-            for _, receive in pairs:
-                _close_input(receive)
+            for branch in branches:
+                branch.close()
+            nursery.cancel_scope.cancel()
 
 
 async def _tee_pump(
-    source: trio.abc.ReceiveChannel[Any], outputs: list[trio.MemorySendChannel[Any]]
+    source: trio.abc.ReceiveChannel[Any],
+    outputs: list[trio.MemorySendChannel[outcome.Outcome[Any]]],
 ) -> None:
     live = list(outputs)
     try:
-        async for item in source:
-            if isinstance(item, Future):
-                item._shares += len(live) - 1
+        while live and (item := await _next(source)) is not None:
+            if isinstance(item, outcome.Value) and isinstance(item.value, Future):
+                item.value._shares += len(live) - 1
             for output in list(live):
+                copy = _copy(item)  # an outcome is unwrapped once: one per branch
                 try:
-                    await output.send(item)
+                    await output.send(copy)
                 except trio.BrokenResourceError:
                     live.remove(output)
-                    _discard(item)
-            if not live:
-                break
+                    _discard(copy)
     finally:
         for output in outputs:
             output.close()
-        await _close_foreign_input(source)
+        await _close_input(source)
+
+
+def _copy(result: outcome.Outcome[Any]) -> outcome.Outcome[Any]:
+    if isinstance(result, outcome.Value):
+        return outcome.Value(result.value)
+    assert isinstance(result, outcome.Error)
+    return outcome.Error(result.error)
 
 
 @contextlib.asynccontextmanager
@@ -357,29 +452,34 @@ async def merge(
 ) -> AsyncIterator[trio.abc.ReceiveChannel[Any]]:
     """One channel of the items of every source, as they come, inside ``async with``.
 
-    It ends when every source has ended; closing it closes every source.
+    It ends when every source has ended; closing it (or leaving the block)
+    closes every source.  Raises ``TypeError`` for a source that is not a
+    receive channel, ``ValueError`` for a buffer below 1.
     """
     for source in sources:
         _check_source(source)
-    send, receive = trio.open_memory_channel[Any](_check_buffer(buffer))
+    send, receive = trio.open_memory_channel[outcome.Outcome[Any]](_check_buffer(buffer))
     async with trio.open_nursery() as nursery:
+        output = _Output(receive, nursery.cancel_scope)
         async with send:
             for source in sources:
                 nursery.start_soon(_forward, source, send.clone())
         try:
-            yield receive
+            yield output
         finally:
-            _close_input(receive)
+            output.close()
 
 
-async def _forward(source: trio.abc.ReceiveChannel[Any], send: trio.MemorySendChannel[Any]) -> None:
+async def _forward(
+    source: trio.abc.ReceiveChannel[Any], send: trio.MemorySendChannel[outcome.Outcome[Any]]
+) -> None:
     try:
         async with send:
-            async for item in source:
+            while (item := await _next(source)) is not None:
                 try:
                     await send.send(item)
                 except trio.BrokenResourceError:
                     _discard(item)
                     break
     finally:
-        await _close_foreign_input(source)
+        await _close_input(source)
