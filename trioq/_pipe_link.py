@@ -175,8 +175,10 @@ class LinkMaker:
                     raise
                 return connection
         finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+            # Shielded: a cancellation here must not lose the connection returned above.
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
 
     async def _connect(self) -> FramedConnection:
         """End 1: wait for end 0's address, connect, prove the secret."""
