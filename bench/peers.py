@@ -117,6 +117,7 @@ from peers.trioq_contender import (  # noqa: E402
     measure_trioq,
     measure_trioq_pipe,
     measure_trioq_pipeline,
+    measure_trioq_pipeline_pull,
     measure_trioq_tasks,
     measure_trioq_tasks_push,
 )
@@ -128,8 +129,10 @@ register(Contender("trioq-tasks", "trioq no-op tasks, 2 worker processes, pull d
                    measure_trioq_tasks, ("trioq",), (20_000, 300), (500, 50)))
 register(Contender("trioq-tasks-push", "the same, push dispatch with a prefetch window of 16",
                    measure_trioq_tasks_push, ("trioq",), (20_000, 300), (500, 50)))
-register(Contender("trioq-pipeline", "trioq streaming pipeline, 2 worker processes",
+register(Contender("trioq-pipeline", "trioq streaming pipeline, 2 worker processes, push",
                    measure_trioq_pipeline, ("trioq",), (5_000, 0), (300, 0)))
+register(Contender("trioq-pipeline-pull", "the same pipeline, pull dispatch",
+                   measure_trioq_pipeline_pull, ("trioq",), (5_000, 0), (300, 0)))
 register(Contender("trioq-pipe", "trioq Pipe ping-pong between two processes",
                    measure_trioq_pipe, ("trioq",), (0, 5_000), (0, 200)))
 # fmt: on

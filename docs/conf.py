@@ -24,9 +24,10 @@ version = ".".join(release.split(".")[:2])
 
 extensions = ["sphinx.ext.autodoc"]
 
-exclude_patterns = ["_build"]
+# _generated/ holds fragments ``bench/report.py`` writes for ``.. include::``.
+exclude_patterns = ["_build", "_generated"]
 templates_path: list[str] = []
-html_static_path: list[str] = []
+html_static_path = ["_static"]
 html_theme = "alabaster"
 html_title = f"trioq {release}"
 

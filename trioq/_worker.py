@@ -6,10 +6,11 @@ Rules:
   work (``WorkerReady``) as its slots free up, so dispatch is pull: a slow
   worker is never sent more than it can run.
 * Plain functions run in worker threads (``trio.to_thread``, at most
-  ``nthreads`` at once); ``async def`` functions run as trio tasks in the
-  worker's nursery.  Every task runs in a cancel scope of its own, so an
-  abort from the scheduler cancels a trio task; a thread cannot be
-  interrupted, so its result is discarded.
+  ``nthreads`` at once, in thread lanes that take the tasks queued behind
+  each other in one thread hop: see ``_worker_threads``); ``async def``
+  functions run as trio tasks in the worker's nursery, at most ``nthreads``
+  at once.  An abort from the scheduler cancels a trio task's scope; a
+  thread cannot be interrupted, so its result is discarded.
 * Payloads are unpickled here: a worker trusts its scheduler, which it
   authenticated with the shared token.
 * Leaving ``run`` (cancellation, or the scheduler going away) closes the
@@ -21,8 +22,8 @@ Rules:
 from __future__ import annotations
 
 import contextvars
-import functools
 import inspect
+import logging
 import os
 import socket
 import traceback
@@ -34,8 +35,11 @@ import trio
 from ._client import Client, connect
 from ._messages import Message, Ok
 from ._task_messages import Heartbeat, TaskAbort, TaskAssign, TaskDone, WorkerHello, WorkerReady
+from ._worker_threads import ThreadCall, ThreadLanes
 
 __all__ = ["Worker", "HEARTBEAT_INTERVAL", "worker_client"]
+
+logger = logging.getLogger("trioq.worker")
 
 HEARTBEAT_INTERVAL = 2.0  # seconds; the scheduler's worker_timeout should be several of these
 
@@ -80,9 +84,9 @@ class Worker:
         self.nthreads = nthreads
         self.series = [str(s) for s in series]
         self._token = token
-        self._slots = trio.Semaphore(nthreads)  # tasks running at once, of either kind
-        self._limiter = trio.CapacityLimiter(nthreads)  # worker threads
-        self._running: dict[str, trio.CancelScope] = {}
+        self._slots = trio.Semaphore(nthreads)  # async tasks running at once
+        self._lanes = ThreadLanes(nthreads, self._thread_call_ended)  # plain functions
+        self._running: dict[str, trio.CancelScope | ThreadCall] = {}  # abortable by key
         self._client: Client | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -99,6 +103,9 @@ class Worker:
             await client._request(WorkerHello(self.name, self.nthreads, self.series), Ok)
             client._send_oneway(WorkerReady(self.nthreads))
             nursery.start_soon(self._heartbeat)
+            token = _current_client.set(client)  # the lanes' threads see it too
+            nursery.start_soon(self._lanes.run)
+            _current_client.reset(token)
             task_status.started()
             await client._done.wait()  # the connection ended
             nursery.cancel_scope.cancel()
@@ -133,29 +140,49 @@ class Worker:
         key = message.key
         ok, data = True, b""
         with scope:
-            await self._slots.acquire()  # pushed tasks beyond the slots wait here
             try:
-                _current_client.set(client)  # this task's context only
+                _current_client.set(client)  # this task's context (and its threads')
                 fn, args, kwargs = self._load_task(client, message)
-                if inspect.iscoroutinefunction(fn):
+                if not inspect.iscoroutinefunction(fn):
+                    call = ThreadCall(key, fn, args, kwargs)
+                    self._running[key] = call  # an abort now reaches the lane's call
+                    self._lanes.submit(call)
+                    return  # the lane reports (see _thread_call_ended)
+                async with self._slots:  # pushed tasks beyond the slots wait here
                     result = await fn(*args, **kwargs)
-                else:
-                    call = functools.partial(fn, *args, **kwargs)
-                    result = await trio.to_thread.run_sync(
-                        call, limiter=self._limiter, abandon_on_cancel=True
-                    )
                 data = client._serializer.dumps_item(result)
             except Exception as exc:
                 ok, data = False, self._describe_failure(exc)
-            finally:
-                self._slots.release()
         del self._running[key]
-        if client._closed or client._broken is not None:
+        self._report(key, None if scope.cancelled_caught else (ok, data))
+
+    def _thread_call_ended(self, call: ThreadCall, outcome: tuple[bool, Any] | None) -> None:
+        """In the trio thread, from a lane: a plain-function task returned (or was skipped)."""
+        try:
+            self._running.pop(call.key, None)
+            report: tuple[bool, bytes] | None = None
+            if outcome is not None and not call.aborted:
+                assert self._client is not None
+                ok, value = outcome
+                try:
+                    report = (True, self._client._serializer.dumps_item(value)) if ok else None
+                except Exception as exc:
+                    ok, value = False, exc
+                if not ok:
+                    report = (False, self._describe_failure(value))
+            self._report(call.key, report)
+        except Exception:  # a callback from a thread must not take the run down
+            logger.exception("trioq worker: reporting task %r failed", call.key)
+
+    def _report(self, key: str, outcome: tuple[bool, bytes] | None) -> None:
+        """Tell the scheduler a task ended (None: aborted, its result unwanted)."""
+        client = self._client
+        if client is None or client._closed or client._broken is not None:
             return  # the scheduler reschedules it elsewhere
-        if scope.cancelled_caught:  # an aborted task's result is unwanted
+        if outcome is None:
             client._send_oneway(WorkerReady(1))
         else:
-            client._send_oneway(TaskDone(key, ok, data, ready=1))
+            client._send_oneway(TaskDone(key, *outcome, ready=1))
 
     @staticmethod
     def _load_task(client: Client, message: TaskAssign) -> Any:

@@ -326,7 +326,21 @@ async def _measure_pipeline(address: str, token: str, cfg: RunConfig) -> dict[st
 
 
 def measure_trioq_pipeline(cfg: RunConfig) -> dict[str, Measurement]:
-    """The streaming pipeline on a scheduler process and 2 worker processes."""
+    """The streaming pipeline on a scheduler process and 2 worker processes,
+    push dispatch (the pipeline keeps a window of tasks in flight: push lets
+    each worker hold some, so they run back to back)."""
+    import trio
+
+    options = ("--dispatch", "push", "--prefetch", str(PUSH_PREFETCH))
+    with (
+        scheduler_process(options=options) as (address, token),
+        worker_processes(address, token, 2),
+    ):
+        return trio.run(_measure_pipeline, address, token, cfg)
+
+
+def measure_trioq_pipeline_pull(cfg: RunConfig) -> dict[str, Measurement]:
+    """The same pipeline with pull dispatch (the scheduler's default)."""
     import trio
 
     with scheduler_process() as (address, token), worker_processes(address, token, 2):
