@@ -1,24 +1,27 @@
-"""The scheduler's named state: queues, leases, put credit, variables (sans-IO).
+"""The scheduler's state (sans-IO): one order for every request, and the queues.
 
 Rules:
 
 * ``SchedulerState.handle(conn, request_id, message)`` applies one request
-  and returns instructions (``Reply``, ``Fail``) for the shell to send.
-  Nothing here awaits, so requests are applied in one global order.
+  and returns instructions (``Reply``, ``Fail``, ``Notice``) for the shell
+  to send.  Nothing here awaits, so requests are applied in one global
+  order.  Tasks, channels and variables are boards of their own
+  (``TaskBoard``, ``ChannelBoard``, ``VariableBoard``) that this state
+  feeds; queues live here, their records and put credit in
+  ``_queue_records``.
 * Items are opaque ``bytes``; this module never decodes them.
 * An item handed to a client is *leased* to that connection until the
   client acknowledges it (``Ack``).  A connection that goes away, or returns
   leases, puts those items back at the head of their queue in their
   original order: no item is lost or duplicated by a vanished client.
-* ``maxsize`` 0 means unbounded.  For a bounded queue, room is
-  ``maxsize - queued - leased - reserved``: an item counts until a client
-  has acknowledged consuming it, and ``reserved`` is put credit handed to
-  connections (a connection holding credit may put that many items without
-  waiting for an answer).  Credit is granted only while nobody is
-  parked waiting for room, and released when its connection goes.
+* ``maxsize`` 0 means unbounded; a bounded queue never holds more (see
+  ``_queue_records`` for room and credit).
+* Push subscribers of a queue are dealt its items round-robin, up to their
+  window, before any parked get is served.
 * A parked request (a get waiting for an item, a put waiting for room, a
-  variable read waiting for a value) answers exactly once: served, failed,
-  or withdrawn by ``Cancel`` (answered with the ``Cancelled`` kind).
+  read waiting for a value, an element or a task) answers exactly once:
+  served, failed, or withdrawn by ``Cancel`` (answered with the
+  ``Cancelled`` kind).
 * An item or value that refers to futures (an ``EXT_REFERENCES`` envelope,
   read without decoding the item) keeps their tasks alive while it is
   stored or leased; the connection it is handed to holds them from then on.
@@ -28,8 +31,6 @@ Complexity: O(1) per item moved; O(parked) to find work after a change.
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ._channel_messages import ChannelRead
@@ -41,7 +42,6 @@ from ._messages import (
     Ack,
     Cancel,
     Count,
-    CreditNotice,
     CreditReturn,
     EndpointClose,
     EndpointOpen,
@@ -64,33 +64,19 @@ from ._messages import (
     StatusReport,
     VariableGet,
 )
+from ._queue_records import (
+    CREDIT_WINDOW,
+    ConnRecord,
+    QueueRecord,
+    Subscriber,
+    end_pushed_lease,
+)
 from ._task_messages import TaskResult
 from ._tasks import TaskBoard
 from ._variables_state import VariableBoard
 
 __all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "SchedulerState", "CREDIT_WINDOW"]
-
-CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024 - REPLY_OVERHEAD
-
-
-@dataclass(slots=True)
-class _Subscriber:
-    """A connection items of a queue are pushed to (``QueueSubscribe``)."""
-
-    window: int  # most pushed items it holds at once
-    pushed: set[int] = field(default_factory=set)  # its leases that were pushed
-
-    @property
-    def free(self) -> int:
-        return self.window - len(self.pushed)
-
-
-def _end_pushed_lease(queue: _Queue, conn: int, lease: int) -> None:
-    """A lease ended (consumed or returned): a pushed one frees a place in its window."""
-    subscriber = queue.pushees.get(conn)
-    if subscriber is not None:
-        subscriber.pushed.discard(lease)
 
 
 def _may_wait(message: Message) -> bool:
@@ -98,40 +84,6 @@ def _may_wait(message: Message) -> bool:
     if isinstance(message, (QueueGet, VariableGet, TaskResult, ChannelRead)):
         return message.wait
     return isinstance(message, QueuePut) and message.wait and not message.credited
-
-
-@dataclass(slots=True)
-class _Queue:
-    name: str
-    maxsize: int
-    items: deque[bytes] = field(default_factory=deque)
-    getters: dict[tuple[int, int], int] = field(default_factory=dict)  # (conn, rid) -> max
-    putters: dict[tuple[int, int], list[bytes]] = field(default_factory=dict)
-    reserved: dict[int, int] = field(default_factory=dict)  # conn -> put credit (> 0)
-    reserved_total: int = 0
-    openers: set[int] = field(default_factory=set)  # connections that opened it
-    revoking: dict[int, int] = field(default_factory=dict)  # conn -> revocation number
-    leased: int = 0
-    senders: int = 0
-    receivers: int = 0
-    closed: bool = False  # its last send endpoint closed
-    broken: bool = False  # its last receive endpoint closed
-    pushees: dict[int, _Subscriber] = field(default_factory=dict)
-    push_turn: deque[int] = field(default_factory=deque)  # subscribers, next served first
-
-    def room(self) -> int:
-        # Leased items are not consumed until acknowledged: they still take room.
-        return self.maxsize - len(self.items) - self.leased - self.reserved_total
-
-
-@dataclass(slots=True)
-class _Conn:
-    name: str
-    address: str
-    leases: dict[int, tuple[_Queue, bytes]] = field(default_factory=dict)
-    next_lease: int = 1
-    parked: dict[int, tuple[str, str]] = field(default_factory=dict)  # rid -> (kind, name)
-    endpoints: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class SchedulerState:
@@ -147,9 +99,8 @@ class SchedulerState:
         #: Largest value accepted; answers carrying items stay under it too,
         #: so they always fit in a frame.
         self.max_item_bytes = max_item_bytes
-        self._queues: dict[str, _Queue] = {}
-        self._revocations = 0  # numbers each credit revocation
-        self._conns: dict[int, _Conn] = {}
+        self._queues: dict[str, QueueRecord] = {}
+        self._conns: dict[int, ConnRecord] = {}
         self.tasks = TaskBoard(dispatch, prefetch, answered=self._answered)
         self.channels = ChannelBoard(self.tasks, max_item_bytes, answered=self._answered)
         self.variables = VariableBoard(self.tasks, max_item_bytes, answered=self._answered)
@@ -160,7 +111,7 @@ class SchedulerState:
         """A connection has authenticated."""
         if conn in self._conns:
             raise ValueError(f"connection {conn} is already known")
-        self._conns[conn] = _Conn(name, address)
+        self._conns[conn] = ConnRecord(name, address)
 
     def disconnect(self, conn: int) -> Out:
         """A connection is gone: return its leases, release its credit and endpoints."""
@@ -176,7 +127,7 @@ class SchedulerState:
             if queue.pushees.pop(conn, None) is not None:
                 queue.push_turn.remove(conn)
             if queue.reserved.get(conn, 0):
-                self._set_held(queue, conn, 0)
+                queue.set_held(conn, 0)
                 touched.add(queue.name)
         # Receive endpoints first: "nobody will read" is the verdict waiting puts get.
         endpoints = sorted(state.endpoints.items(), key=lambda entry: entry[0][1] != "receive")
@@ -236,7 +187,7 @@ class SchedulerState:
         if name is not None:
             self._park(conn, rid, kind, name)
 
-    def _queue(self, name: str) -> _Queue:
+    def _queue(self, name: str) -> QueueRecord:
         queue = self._queues.get(name)
         if queue is None:
             raise StateError(
@@ -249,7 +200,7 @@ class SchedulerState:
             raise StateError("ValueError", f"maxsize must be >= 0, got {msg.maxsize}")
         queue = self._queues.get(msg.queue)
         if queue is None:
-            queue = self._queues[msg.queue] = _Queue(msg.queue, msg.maxsize)
+            queue = self._queues[msg.queue] = QueueRecord(msg.queue, msg.maxsize)
         elif msg.maxsize and msg.maxsize != queue.maxsize:
             raise StateError(
                 "ValueError",
@@ -282,7 +233,7 @@ class SchedulerState:
             held = queue.reserved.get(conn, 0)
             if held < n:
                 raise StateError("ProtocolError", f"put of {n} items with only {held} credit")
-            self._set_held(queue, conn, held - n)
+            queue.set_held(conn, held - n)
         elif queue.maxsize and not msg.credited:
             if n > queue.maxsize:
                 raise StateError(
@@ -294,7 +245,7 @@ class SchedulerState:
                 # Credit is a promise of room, not room in use: ask every holder to
                 # return what it has not used (the asker's own credit is among it:
                 # it had not reached it yet).  The room frees as the returns arrive.
-                self._revoke_credit(queue, out)
+                queue.revoke_credit(out)
             if queue.putters or queue.room() < n:
                 if not msg.wait:
                     raise StateError("WouldBlock", f"queue {msg.queue!r} is full")
@@ -302,8 +253,8 @@ class SchedulerState:
                 queue.putters[(conn, rid)] = msg.items
                 return
         self._store(queue, msg.items)
-        if rid or queue.reserved.get(conn, 0) <= self._window(queue) // 2:
-            self._offer_credit(queue, conn, out)  # top up before the producer runs dry
+        if rid or queue.reserved.get(conn, 0) <= queue.credit_window() // 2:
+            queue.offer_credit(conn, out)  # top up before the producer runs dry
         if rid:
             out.append(Reply(conn, rid, PutDone()))
         self._feed_getters(queue, out)
@@ -325,13 +276,13 @@ class SchedulerState:
 
     def _on_ack(self, conn: int, rid: int, msg: Ack, out: Out) -> None:
         leases = self._conns[conn].leases
-        freed: dict[int, _Queue] = {}
+        freed: dict[int, QueueRecord] = {}
         for lease in msg.leases:
             entry = leases.pop(lease, None)
             if entry is not None:
                 entry[0].leased -= 1
                 freed[id(entry[0])] = entry[0]
-                _end_pushed_lease(entry[0], conn, lease)
+                end_pushed_lease(entry[0], conn, lease)
                 self.tasks.release_item(entry[1])
         for queue in freed.values():
             if self._queues.get(queue.name) is queue:
@@ -341,7 +292,7 @@ class SchedulerState:
         leases = self._conns[conn].leases
         returned = {lease: leases.pop(lease) for lease in msg.leases if lease in leases}
         for lease, (queue, _) in returned.items():
-            _end_pushed_lease(queue, conn, lease)
+            end_pushed_lease(queue, conn, lease)
         for name in self._restore_leases(returned):
             self._settle(self._queues[name], out)
         out.append(Reply(conn, rid, Ok()))
@@ -352,7 +303,7 @@ class SchedulerState:
         queue = self._queue(msg.queue)
         subscriber = queue.pushees.get(conn)
         if subscriber is None:
-            queue.pushees[conn] = _Subscriber(msg.window)
+            queue.pushees[conn] = Subscriber(msg.window)
             queue.push_turn.append(conn)
         else:  # subscribing again changes the window; what it holds still counts
             subscriber.window = msg.window
@@ -375,7 +326,7 @@ class SchedulerState:
         if queue is not None:
             for item in queue.items:
                 self.tasks.release_item(item)
-            self._stop_credit(queue, out, "deleted")
+            queue.stop_credit(out, "deleted")
             text = f"queue {msg.queue!r} was deleted"
             for (owner, request), _ in [*queue.getters.items(), *queue.putters.items()]:
                 self._conns[owner].parked.pop(request, None)
@@ -426,7 +377,7 @@ class SchedulerState:
             # left of this connection's credit is unused, and becomes room.  (A
             # return answering an older revocation is stale: credit granted
             # since may be in use.)
-            self._set_held(queue, conn, 0)
+            queue.set_held(conn, 0)
             self._settle(queue, out)
 
     def _on_status(self, conn: int, rid: int, msg: Status, out: Out) -> None:
@@ -451,64 +402,7 @@ class SchedulerState:
 
     # -- mechanics -----------------------------------------------------------------
 
-    def _grant(self, queue: _Queue, conn: int) -> int:
-        """Top this connection's put credit up towards the window; return the grant.
-
-        Unbounded queues need no credit (clients know from ``maxsize`` 0), and
-        none is granted while someone waits for room or the queue refuses puts.
-        """
-        if not queue.maxsize or queue.putters or queue.closed or queue.broken:
-            return 0
-        if conn in queue.revoking:
-            return 0
-        held = queue.reserved.get(conn, 0)
-        grant = min(self._window(queue) - held, queue.room())
-        if grant <= 0:
-            return 0
-        self._set_held(queue, conn, held + grant)
-        return grant
-
-    def _offer_credit(self, queue: _Queue, conn: int, out: Out) -> None:
-        """Grant what ``_grant`` allows, as a notice (before any reply it goes with)."""
-        grant = self._grant(queue, conn)
-        if grant:
-            out.append(Notice(conn, CreditNotice(queue.name, grant, "grant")))
-
-    @staticmethod
-    def _set_held(queue: _Queue, conn: int, held: int) -> None:
-        queue.reserved_total += held - queue.reserved.get(conn, 0)
-        if held:
-            queue.reserved[conn] = held
-        else:
-            queue.reserved.pop(conn, None)
-            queue.revoking.pop(conn, None)
-
-    def _revoke_credit(self, queue: _Queue, out: Out) -> None:
-        """Ask every holder to return its credit (``CreditReturn``).
-
-        Until a holder's return arrives its credit still counts against the
-        room, because credited puts it sent before seeing the request may be
-        on their way: the queue never holds more than ``maxsize``.
-        """
-        for conn, held in queue.reserved.items():
-            if held > 0 and conn not in queue.revoking:
-                self._revocations += 1
-                queue.revoking[conn] = self._revocations
-                out.append(Notice(conn, CreditNotice(queue.name, self._revocations, "revoke")))
-
-    def _stop_credit(self, queue: _Queue, out: Out, action: str = "stop") -> None:
-        """The queue refuses puts from now on: every opener must ask, not assume."""
-        queue.reserved.clear()
-        queue.reserved_total = 0
-        queue.revoking.clear()
-        for conn in queue.openers:
-            out.append(Notice(conn, CreditNotice(queue.name, 0, action)))
-
-    @staticmethod
-    def _window(queue: _Queue) -> int:
-        return max(1, min(CREDIT_WINDOW, queue.maxsize // 4))
-
-    def _deliver(self, queue: _Queue, conn: int, rid: int, max_items: int, out: Out) -> None:
+    def _deliver(self, queue: QueueRecord, conn: int, rid: int, max_items: int, out: Out) -> None:
         state = self._conns[conn]
         budget = self.max_item_bytes  # one answer must fit in one frame
         items = [queue.items.popleft()]
@@ -528,7 +422,7 @@ class SchedulerState:
         queue.leased += n
         out.append(Reply(conn, rid, Items(items, first)))
 
-    def _feed_getters(self, queue: _Queue, out: Out) -> None:
+    def _feed_getters(self, queue: QueueRecord, out: Out) -> None:
         if queue.pushees and queue.items:
             self._push(queue, out)
         while queue.items and queue.getters:
@@ -540,7 +434,7 @@ class SchedulerState:
         if queue.getters and self._finished(queue):
             self._end_getters(queue, out)
 
-    def _push(self, queue: _Queue, out: Out) -> None:
+    def _push(self, queue: QueueRecord, out: Out) -> None:
         """Deal queued items round-robin to subscribers with room in their window."""
         dealt: dict[int, list[bytes]] = {}
         turn = queue.push_turn
@@ -566,7 +460,7 @@ class SchedulerState:
             queue.leased += len(items)
             out.append(Notice(conn, Pushed(queue.name, items, first)))
 
-    def _feed_putters(self, queue: _Queue, out: Out) -> None:
+    def _feed_putters(self, queue: QueueRecord, out: Out) -> None:
         while queue.putters:
             (conn, rid), items = next(iter(queue.putters.items()))
             if queue.room() < len(items):
@@ -574,32 +468,32 @@ class SchedulerState:
             del queue.putters[(conn, rid)]
             self._conns[conn].parked.pop(rid, None)
             self._store(queue, items)
-            self._offer_credit(queue, conn, out)
+            queue.offer_credit(conn, out)
             out.append(Reply(conn, rid, PutDone()))
         self._feed_getters(queue, out)
 
-    def _settle(self, queue: _Queue, out: Out) -> None:
+    def _settle(self, queue: QueueRecord, out: Out) -> None:
         """After items or room changed outside a put/get: serve whoever waits."""
         self._feed_putters(queue, out)
 
     @staticmethod
-    def _finished(queue: _Queue) -> bool:
+    def _finished(queue: QueueRecord) -> bool:
         """Closed, empty, and nothing leased that could still come back."""
         return queue.closed and not queue.items and not queue.leased
 
-    def _end_getters(self, queue: _Queue, out: Out) -> None:
+    def _end_getters(self, queue: QueueRecord, out: Out) -> None:
         text = f"queue {queue.name!r} is closed and empty"
         for conn, rid in list(queue.getters):
             self._conns[conn].parked.pop(rid, None)
             out.append(Fail(conn, rid, "EndOfChannel", text))
         queue.getters.clear()
 
-    def _drop_endpoint(self, queue: _Queue, kind: str, count: int, out: Out) -> None:
+    def _drop_endpoint(self, queue: QueueRecord, kind: str, count: int, out: Out) -> None:
         if kind == "send":
             queue.senders -= count
             if queue.senders == 0:
                 queue.closed = True
-                self._stop_credit(queue, out)
+                queue.stop_credit(out)
                 text = f"queue {queue.name!r} was closed by its last send endpoint"
                 self._fail_putters(queue, "ClosedResourceError", text, out)
                 if self._finished(queue):
@@ -608,11 +502,11 @@ class SchedulerState:
             queue.receivers -= count
             if queue.receivers == 0:
                 queue.broken = True
-                self._stop_credit(queue, out)
+                queue.stop_credit(out)
                 text = f"every receive endpoint of queue {queue.name!r} is closed"
                 self._fail_putters(queue, "BrokenResourceError", text, out)
 
-    def _fail_putters(self, queue: _Queue, kind: str, text: str, out: Out) -> None:
+    def _fail_putters(self, queue: QueueRecord, kind: str, text: str, out: Out) -> None:
         """The queue refuses puts from now on, including those waiting for room."""
         for conn, rid in queue.putters:
             self._conns[conn].parked.pop(rid, None)
@@ -636,7 +530,7 @@ class SchedulerState:
         """Record a waiting request (its id was checked by ``handle``)."""
         self._conns[conn].parked[rid] = (kind, name)
 
-    def _unpark(self, conn: int, rid: int, kind: str, name: str) -> _Queue | None:
+    def _unpark(self, conn: int, rid: int, kind: str, name: str) -> QueueRecord | None:
         """Forget a waiting request; returns its queue, if it was a queue's."""
         if kind == "task":
             self.tasks.unwait(conn, rid, name)
@@ -653,7 +547,7 @@ class SchedulerState:
             waiting.pop((conn, rid), None)
         return queue
 
-    def _restore_leases(self, leases: dict[int, tuple[_Queue, bytes]]) -> set[str]:
+    def _restore_leases(self, leases: dict[int, tuple[QueueRecord, bytes]]) -> set[str]:
         """Put leased items back at the head of their queues, oldest lease first.
 
         Items of a queue deleted since (even if re-created under its name) are dropped.
@@ -671,7 +565,7 @@ class SchedulerState:
 
     # -- references to futures ----------------------------------------------------------
 
-    def _store(self, queue: _Queue, items: list[bytes]) -> None:
+    def _store(self, queue: QueueRecord, items: list[bytes]) -> None:
         """Queue ``items``; the futures they refer to stay alive meanwhile."""
         queue.items.extend(items)
         for item in items:
