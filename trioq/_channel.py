@@ -48,7 +48,9 @@ class Channel:
 
     ``maxlen`` (None: unbounded) keeps only the newest elements; it is set
     by the first handle that opens the channel, and a different value given
-    later raises ``ValueError`` on the next call.
+    later raises ``ValueError`` from this handle's next ``append``,
+    ``extend`` or ``flush``.  Raises ``TypeError`` for a name that is not a
+    str, ``ValueError`` for a ``maxlen`` that is not a positive int or None.
     """
 
     def __init__(self, client: Client, name: str, maxlen: int | None = None) -> None:
@@ -82,14 +84,20 @@ class Channel:
         """Append ``element`` (data or futures) after every element appended before.
 
         Returns without waiting for the scheduler (see ``flush``).  Raises
-        ``SerializationError`` for an element that cannot be serialized, and
-        a refusal of an earlier append (``trio.ClosedResourceError`` once the
-        channel was stopped, ``ValueError`` for an element over the size limit).
+        ``SerializationError`` for an element that cannot be serialized,
+        ``LocalProtocolError`` for one too large for a frame, and a refusal
+        of an earlier append that nobody has seen yet
+        (``trio.ClosedResourceError`` once the channel was stopped,
+        ``ValueError`` for an element over the size limit, ``LookupError``
+        for one holding a released future).  If cancelled, nothing was appended.
         """
         await self.extend([element])
 
     async def extend(self, elements: Iterable[Any]) -> None:
-        """Append several elements in order, in one message (see ``append``)."""
+        """Append several elements in order, in one message (see ``append``).
+
+        Raises what ``append`` raises; all or none are appended.
+        """
         dumps = self._client._serializer.dumps_item
         data = [dumps(element) for element in elements]
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -102,8 +110,10 @@ class Channel:
     async def flush(self) -> None:
         """Wait until the scheduler has applied every append made through this handle.
 
-        Raises the first refusal of those appends, as ``append`` would.
-        Cancelling the wait changes nothing: the appends stand.
+        Raises the first refusal of those appends, as ``append`` would, and
+        ``trio.BrokenResourceError`` if the connection broke (appends still
+        unanswered may be lost).  Cancelling the wait changes nothing: the
+        appends stand.
         """
         await self._settled.wait()
         self._client._check_usable()  # a broken connection: the appends may be lost
@@ -112,14 +122,23 @@ class Channel:
     async def stop(self) -> None:
         """End every subscriber's iteration after the last element appended.
 
-        Later appends raise ``trio.ClosedResourceError``.  Idempotent.
+        Later appends are refused: ``trio.ClosedResourceError`` comes from the
+        appending handle's next ``append``, ``extend`` or ``flush``.
+        Idempotent.  If cancelled, the channel may or may not be stopped;
+        repeating it is safe.
         """
         await self._client._request(ChannelStop(self.name), Ok)
 
     # -- reading -------------------------------------------------------------------------
 
     async def snapshot(self) -> list[Any]:
-        """The retained elements, oldest first, as the channel is now."""
+        """The retained elements, oldest first, as the channel is now.
+
+        Never waits for new elements; it reads in batches, so elements
+        appended meanwhile may be included.  Raises ``SerializationError`` for
+        an element that cannot be deserialized here.  A cancelled call
+        changes nothing.
+        """
         elements: list[Any] = []
         loads = self._client._serializer.loads
         start, end = 0, None
@@ -134,12 +153,17 @@ class Channel:
         return elements
 
     def __aiter__(self) -> ChannelSubscription:
+        """``self.subscribe()``: every retained element, then new ones."""
         return self.subscribe()
 
     def subscribe(self, start: int = 0) -> ChannelSubscription:
         """A receive channel of every element from number ``start`` (or the
         oldest retained one), then each new one as it is appended; it raises
-        ``trio.EndOfChannel`` after the last element once the channel stopped."""
+        ``trio.EndOfChannel`` after the last element once the channel stopped.
+
+        Raises ``ValueError`` for a ``start`` that is not an int >= 0.  Sends
+        nothing until the first ``receive``.
+        """
         if type(start) is not int or start < 0:
             raise ValueError(f"start must be an int >= 0, got {start!r}")
         return ChannelSubscription(self, start)
@@ -213,7 +237,13 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
         self.position = start
 
     async def receive(self) -> Any:
-        """The next element; ``trio.EndOfChannel`` once stopped and read to the end."""
+        """The next element, waiting for one to be appended.
+
+        Raises ``trio.EndOfChannel`` once the channel is stopped and read to
+        the end, ``trio.ClosedResourceError`` after ``aclose``,
+        ``SerializationError`` for an element that cannot be deserialized
+        here.  If cancelled, the position does not move: nothing is lost.
+        """
         if self._closed:
             raise trio.ClosedResourceError("this subscription was closed")
         if not self._buffered:
@@ -227,7 +257,10 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
         return self._channel._client._serializer.loads(self._buffered.popleft())
 
     async def aclose(self) -> None:
-        """Stop reading (the channel itself goes on)."""
+        """Stop reading (the channel itself goes on); idempotent, raises nothing.
+
+        Later ``receive`` calls raise ``trio.ClosedResourceError``.
+        """
         self._closed = True
         self._buffered.clear()
         await trio.lowlevel.checkpoint()

@@ -140,7 +140,15 @@ def _key_of(future: Future) -> str:
 
 
 class Client:
-    """A connection to a trioq scheduler.  Create it with ``trioq.connect``."""
+    """A connection to a trioq scheduler.  Create it with ``trioq.connect``.
+
+    Once the connection has broken, or the client was closed, every call
+    that needs the scheduler (on the client or on a handle made from it)
+    raises ``trio.BrokenResourceError`` with the reason as ``__cause__``
+    (the cause is a ``trio.ClosedResourceError`` for a client that was
+    closed); calls already waiting for an answer raise it too.  The docstrings below list
+    what is raised besides that.
+    """
 
     def __init__(self, connection: FramedConnection, client_id: int, address: str) -> None:
         #: The scheduler's address, ``tcp://host:port``.
@@ -180,13 +188,22 @@ class Client:
         ``name`` None makes a fresh unique queue.  ``maxsize`` 0 is unbounded;
         a non-zero one that differs from an existing queue's is reported as
         ``ValueError`` by the handle's next put.  ``prefetch``: see ``Queue``.
+        Raises ``TypeError`` for a name that is not a str or a ``maxsize`` or
+        ``prefetch`` that is not an int, ``ValueError`` for a negative
+        ``maxsize`` or a ``prefetch`` below 1.
         """
         from ._queue import Queue
 
         return Queue(self, name, maxsize, prefetch=prefetch)
 
     def channel(self, name: str, maxlen: int | None = None) -> Channel:
-        """A handle on the named replayable channel.  See ``trioq.Channel``."""
+        """A handle on the named replayable channel.  See ``trioq.Channel``.
+
+        Raises ``TypeError`` for a name that is not a str, ``ValueError`` for
+        a ``maxlen`` that is not a positive int or None.  A ``maxlen`` that
+        differs from the existing channel's is reported as ``ValueError`` by
+        the handle's next ``append``, ``extend`` or ``flush``.
+        """
         from ._channel import Channel
 
         return Channel(self, name, maxlen)
@@ -195,13 +212,22 @@ class Client:
         self, name: str | None = None, mode: Mode = "pull", *, window: int = 16
     ) -> SimpleQueue:
         """A handle on a named queue with Fiber's pull or push dispatch.  See
-        ``trioq.SimpleQueue``."""
+        ``trioq.SimpleQueue``.
+
+        Raises ``ValueError`` for a ``mode`` other than "pull" or "push" or a
+        ``window`` that is not a positive int, ``TypeError`` for a name that
+        is not a str.
+        """
         from ._simple_queue import SimpleQueue
 
         return SimpleQueue(self, name, mode, window=window)
 
     def variable(self, name: str) -> Variable:
-        """A handle on the named variable.  See ``trioq.Variable``."""
+        """A handle on the named variable.  See ``trioq.Variable``.
+
+        Raises ``TypeError`` for a name that is not a str.  Nothing is sent
+        until the first call on the handle.
+        """
         from ._variable import Variable
 
         return Variable(self, name)
@@ -210,6 +236,8 @@ class Client:
         """Two connected pipe ends (Fiber's ``Pipe``).  See ``trioq.PipeEnd``.
 
         ``duplex`` False: the first end only receives, the second only sends.
+        Nothing reaches the scheduler until an end is used.  Raises
+        ``TypeError`` for a ``duplex`` that is not a bool.
         """
         from ._pipe import open_pipe
 
@@ -230,8 +258,19 @@ class Client:
         Higher ``priority`` starts first (submission order among equals); a
         ``series`` task runs only on workers qualified for it; a task that
         raises is run again up to ``retries`` times.  ``fn`` and the
-        arguments are pickled here, unpickled only on the worker.  Raises
-        ``ValueError`` for a ``key`` in use.
+        arguments are pickled here, unpickled only on the worker.
+
+        Raises ``TypeError`` for an ``fn`` that is not callable,
+        ``ValueError`` for a ``key`` this client already uses,
+        ``SerializationError`` for arguments that cannot be serialized
+        (cloudpickle's own error, such as ``TypeError``, for an ``fn`` that
+        cannot be pickled), ``OverflowError`` for a ``priority`` beyond 64
+        bits.  The scheduler's refusals are raised by awaiting the future:
+        ``ValueError`` for a key another client uses or a ``retries`` below
+        0, ``LookupError`` for a future argument that was released.  A
+        ``priority`` that is not an int, or a ``series`` that is not a str or
+        None, breaks the protocol: the scheduler closes the connection.  If
+        cancelled, nothing was submitted.
         """
         from ._future import submit
 
@@ -257,6 +296,14 @@ class Client:
         Given one ``trio.abc.ReceiveChannel`` instead, it streams: a task per
         item (or future) received, and a channel of their futures in order
         (``buffer=`` bounds it; see ``trioq.streams``).
+
+        Raises ``TypeError`` for an ``fn`` that is not callable or a receive
+        channel given with anything else, and otherwise what ``submit``
+        raises.  Streaming: ``ValueError`` for a ``buffer`` below 1,
+        ``RuntimeError`` ("streams need a client made by trioq.connect") for
+        a client not made by ``trioq.connect``.  If the list form is
+        cancelled part way, the tasks already submitted run on, and their
+        futures are not returned.
         """
         if any(isinstance(it, trio.abc.ReceiveChannel) for it in iterables):
             if len(iterables) != 1:
@@ -282,6 +329,13 @@ class Client:
         Given a ``trio.abc.ReceiveChannel`` of futures, it streams: a channel
         of their results in order, each task's error raised at its place
         (see ``trioq.streams``).
+
+        The error raised is a task's own exception, ``TaskCancelledError``,
+        ``WorkerLostError``, or a refused submit's error (see ``submit``).
+        If cancelled, or on the first error, the reads still waiting are
+        withdrawn and the tasks go on.  Streaming: ``ValueError`` for a
+        ``buffer`` below 1, ``RuntimeError`` for a client not made by
+        ``trioq.connect``.
         """
         if isinstance(futures, trio.abc.ReceiveChannel):
             from . import streams
@@ -311,8 +365,12 @@ class Client:
         ``trio.abc.ReceiveChannel`` streams, giving a channel of futures in
         order (``buffer=`` bounds it; see ``trioq.streams``); anything else
         gives one future.  Like ``submit`` it does not wait for the
-        scheduler.  Raises ``SerializationError`` for a value that cannot be
-        serialized, ``ValueError`` for a buffer below 1.
+        scheduler: a refusal (``LookupError`` for a value holding a released
+        future) is raised by awaiting the future.  Raises
+        ``SerializationError`` for a value that cannot be serialized,
+        ``ValueError`` for a buffer below 1, ``RuntimeError`` for a streaming
+        scatter on a client not made by ``trioq.connect``.  If a list is
+        cancelled part way, the values already stored stay, without futures.
         """
         if isinstance(data, trio.abc.ReceiveChannel):
             from . import streams
@@ -334,7 +392,12 @@ class Client:
         return self._nursery
 
     def as_completed(self, futures: Iterable[Future]) -> AsyncIterator[Future]:
-        """An async iterator over ``futures`` as they end."""
+        """An async iterator over ``futures`` (all of this client) as they end.
+
+        It follows the scheduler's notices and starts no task, so leaving it
+        early (or cancelling it) leaves nothing behind.  Raises
+        ``trio.BrokenResourceError`` if the connection breaks while it waits.
+        """
         from ._future import as_completed
 
         return as_completed(futures)
@@ -342,8 +405,8 @@ class Client:
     async def status(self) -> dict[str, Any]:
         """The scheduler's queues, variables and clients, as plain data.
 
-        Raises ``trio.BrokenResourceError`` if the connection is lost; a
-        cancelled call has no effect.
+        Raises ``trio.BrokenResourceError`` if the connection is lost (see the
+        class); a cancelled call has no effect.
         """
         reply = await self._request(Status(), StatusReport)
         return reply.report
@@ -353,7 +416,8 @@ class Client:
 
         Waits (up to ``CLOSE_TIMEOUT`` seconds, even if cancelled) for the
         scheduler to finish with this connection, so everything sent before
-        is applied; idempotent.
+        is applied; idempotent.  Raises nothing for a connection that already
+        broke.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -660,9 +724,14 @@ async def connect(
     """Connect and authenticate to the scheduler at ``address``.
 
     The token comes from ``token``, else from a cluster this process opened
-    at that address, else from the ``TRIOQ_TOKEN`` environment variable.  Raises
-    ``AuthenticationError`` if the scheduler refuses it, ``OSError`` if it
-    cannot be reached.  Leaving the block closes the connection.
+    at that address, else from the ``TRIOQ_TOKEN`` environment variable.
+    Leaving the block closes the connection (see ``Client.aclose``).
+
+    Raises ``ValueError`` for an address not of the form ``tcp://host:port``,
+    when no token is found, or for an empty token; ``OSError`` if the
+    scheduler cannot be reached; ``AuthenticationError`` if it refuses the
+    token, or the handshake fails or takes over 10 seconds.  If cancelled
+    while connecting, the socket is closed and nothing is left behind.
     """
     secret = _resolve_token(address, token)
     host, port = parse_address(address)

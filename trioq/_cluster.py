@@ -48,7 +48,10 @@ async def open_cluster(
     ``workers`` in-process workers (``nthreads`` threads each) join it.
     ``dispatch`` and ``prefetch`` choose how tasks reach workers (see
     ``Scheduler``).  Leaving the block stops the scheduler and drops its
-    state.  Raises ``ValueError`` for a bad ``dispatch`` or ``prefetch``.
+    state.  Raises what ``Scheduler`` raises (``ValueError`` for a bad
+    ``dispatch``, ``prefetch`` or token, or no token on a non-loopback
+    ``host``), ``ValueError`` for an ``nthreads`` below 1, ``OSError`` if it
+    cannot listen.
     """
     scheduler = Scheduler(host, port, token=token, dispatch=dispatch, prefetch=prefetch)
     with collapse_single_groups():

@@ -65,6 +65,8 @@ class RemoteError(TrioqError):
     """The scheduler refused a request for a reason trio has no exception for.
 
     ``kind`` names what went wrong on the far side; the message says why.
+    Refusals that have a Python or trio exception (``ValueError``,
+    ``LookupError``, ``trio.WouldBlock``, ...) are raised as that instead.
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -102,8 +104,18 @@ class RemoteTaskError(TrioqError):
 
 
 class TaskCancelledError(TrioqError):
-    """The task was cancelled (by ``Future.cancel``) before it produced a result."""
+    """The task was cancelled before it produced a result.
+
+    Raised by a future whose task was cancelled (``Future.cancel``, or by
+    the scheduler once nothing could read its result any more), and by
+    ``TaskQueue.call`` when the queue shut down before the call ended.
+    """
 
 
 class WorkerLostError(TrioqError):
-    """The task's workers kept dying while running it, so it was given up."""
+    """The task's workers kept dying while running it, so it was given up.
+
+    Raised by a future after its task's workers died under it three times,
+    and by ``TaskQueue.call`` when its worker was detached with
+    ``crash=True`` or kept dying.
+    """

@@ -40,7 +40,11 @@ __all__ = ["Future", "submit", "scatter_value", "map_tasks", "gather", "as_compl
 
 
 class Future:
-    """A task's eventual result.  ``await fut`` (or ``await fut.result()``) gets it."""
+    """A task's eventual result.  ``await fut`` (or ``await fut.result()``) gets it.
+
+    Made by ``Client.submit``, ``map`` and ``scatter``, or by reading one back
+    from an item, a value or a task argument; never directly.
+    """
 
     def __init__(self, client: Client, key: str) -> None:
         self._client = client
@@ -58,14 +62,18 @@ class Future:
         return f"<trioq.Future {self.key!r} {self.status}>"
 
     def done(self) -> bool:
-        """True once the task has ended (as far as this client has heard)."""
+        """True once the task has ended (as far as this client has heard); raises nothing."""
         return self.status != "pending"
 
     async def result(self) -> Any:
         """The task's return value, waiting for it.
 
-        Raises the task's exception, ``TaskCancelledError`` or
-        ``WorkerLostError``.  If cancelled, the task itself goes on.
+        Raises the task's exception (``RemoteTaskError`` if it could not be
+        pickled), ``TaskCancelledError``, ``WorkerLostError``, the refusal of
+        its submit (see ``Client.submit``), ``LookupError`` once the task was
+        released by every client holding it, ``SerializationError`` for a
+        result that cannot be unpickled here.  If cancelled, the read is
+        withdrawn and the task itself goes on.
         """
         client = self._client
         if self._refused is not None:
@@ -116,12 +124,22 @@ class Future:
         """Cancel the task: dropped if pending, stopped on its worker if running.
 
         A task running in a worker thread cannot be interrupted: it runs to
-        its end and its result is discarded.
+        its end and its result is discarded.  Readers of the future then get
+        ``TaskCancelledError``; a task that had ended already is left as it
+        is.  Raises ``LookupError`` once the task has ended and been released
+        by every client holding it.  If this call is cancelled after the request
+        left, the task is cancelled all the same.
         """
         await self._client._request(TaskCancel(self.key), Ok)
 
     async def release(self) -> None:
-        """Tell the scheduler this client no longer needs the result (the key is free)."""
+        """Tell the scheduler this client no longer needs the result (the key is free).
+
+        Does not cancel the task: one still running runs to its end.  Once it
+        has ended and no client, item or task holds it, the scheduler forgets
+        it, and ``result`` and ``cancel`` on it raise ``LookupError``.  Idempotent;
+        does not wait for the scheduler, so a cancelled call has released it.
+        """
         self._client._send_oneway(TaskRelease(self.key))
         if self._client._futures.get(self.key) is self:
             del self._client._futures[self.key]

@@ -210,7 +210,9 @@ class PipeEnd(trio.abc.Channel[Any]):
         after this end's ``aclose``, ``trio.BrokenResourceError`` once the
         other end closed its receiving side, ``RuntimeError`` if the end is
         unbound (see ``bind``), ``SerializationError`` for a value that cannot
-        be serialized.  If cancelled, the value was not sent.
+        be serialized.  If cancelled, the value was not sent.  Once the
+        client's connection is broken or closed, raises
+        ``trio.BrokenResourceError`` (see ``trioq.Client``).
         """
         if self._send_name is None:
             raise TypeError("this pipe end is receive-only")
@@ -235,8 +237,10 @@ class PipeEnd(trio.abc.Channel[Any]):
         Raises ``trio.EndOfChannel`` once the other end closed and everything
         it sent was received, ``TypeError`` on a send-only end,
         ``trio.ClosedResourceError`` after this end's ``aclose``,
-        ``RuntimeError`` if the end is unbound (see ``bind``).  If cancelled,
-        nothing is lost: a value already taken is kept for the next receive.
+        ``RuntimeError`` if the end is unbound (see ``bind``),
+        ``trio.BrokenResourceError`` if the direct link to the other end
+        broke or the client's connection did.  If cancelled, nothing is
+        lost: a value already taken is kept for the next receive.
         """
         if self._receive_name is None:
             raise TypeError("this pipe end is send-only")
@@ -355,5 +359,11 @@ async def open_pipe(client: Client, duplex: bool = True) -> tuple[PipeEnd, PipeE
 
 
 async def Pipe(client: Client, duplex: bool = True) -> tuple[PipeEnd, PipeEnd]:
-    """Fiber's ``Pipe(duplex)`` with the client made explicit: ``client.pipe(duplex)``."""
+    """Fiber's ``Pipe(duplex)`` with the client made explicit: ``client.pipe(duplex)``.
+
+    Two connected ends bound to ``client``; with ``duplex`` False the first
+    only receives and the second only sends.  Raises ``TypeError`` for a
+    ``duplex`` that is not a bool, ``trio.BrokenResourceError`` if the
+    client's connection is broken or it was closed.
+    """
     return await open_pipe(client, duplex)

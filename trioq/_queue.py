@@ -115,7 +115,10 @@ class Queue:
     Create it with ``client.queue(name, maxsize)``: ``maxsize`` 0 (the
     default) is unbounded; a positive one bounds the items not yet
     consumed, and ``put`` waits for room.  Items are any msgpack-able or
-    cloudpickle-able objects.
+    cloudpickle-able objects.  Raises ``TypeError`` for a name that is not a
+    str or a ``maxsize``/``prefetch`` that is not an int, ``ValueError`` for
+    a negative ``maxsize`` or a ``prefetch`` below 1.  ``async for item in
+    queue`` gets items until ``trio.EndOfChannel``.
     """
 
     def __init__(
@@ -155,7 +158,12 @@ class Queue:
         Raises ``trio.ClosedResourceError`` once the queue's last send endpoint
         closed, ``trio.BrokenResourceError`` once its last receive endpoint
         closed or it was deleted, ``SerializationError`` for an item that
-        cannot be serialized.  If cancelled, the item was not put.
+        cannot be serialized, ``LocalProtocolError`` (nothing put) or
+        ``ValueError`` for an item too large for a frame, ``ValueError`` for
+        a ``maxsize`` that differs from the existing queue's, ``LookupError``
+        for an item holding a released future.  A put that used credit did
+        not wait for the scheduler: its refusal is raised by this client's
+        next put on the queue.  If cancelled, the item was not put.
         """
         await self._put([self._client._serializer.dumps_item(item)], wait=True)
 
@@ -163,15 +171,17 @@ class Queue:
         """Put one item or raise ``trio.WouldBlock`` if there is no room now.
 
         Never waits for room; may take one round trip to ask the scheduler.
-        Raises what ``put`` raises.
+        ``trio.WouldBlock`` also when the connection's send buffer is full.
+        Otherwise raises what ``put`` raises.  If cancelled, the item was not put.
         """
         await self._put([self._client._serializer.dumps_item(item)], wait=False)
 
     async def put_batch(self, items: Iterable[Any]) -> None:
         """Put several items, all or none, in order (waits for room for all).
 
-        ``ValueError`` if a bounded queue could never hold them all at once;
-        otherwise raises what ``put`` raises.  If cancelled, none was put.
+        ``ValueError`` if a bounded queue could never hold them all at once,
+        ``LocalProtocolError`` if they do not fit in one frame; otherwise
+        raises what ``put`` raises.  If cancelled, none was put.
         """
         dumps = self._client._serializer.dumps_item
         data = [dumps(item) for item in items]
@@ -217,13 +227,16 @@ class Queue:
         """Take the oldest item or raise ``trio.WouldBlock`` if there is none now.
 
         Never waits for an item; may take one round trip to ask the scheduler.
+        Otherwise raises, and behaves on cancellation, like ``get``.
         """
         return (await self._get(1, wait=False))[0]
 
     async def get_batch(self, n: int) -> list[Any]:
         """Take up to ``n`` items, oldest first (at least one, waiting for it).
 
-        Raises and behaves on cancellation like ``get``.
+        Raises ``TypeError`` for an ``n`` that is not an int, ``ValueError``
+        for one below 1; otherwise raises and behaves on cancellation like
+        ``get`` (items already taken are kept for the next get).
         """
         _check_count("n", n, 1)
         return await self._get(n, wait=True)
@@ -290,7 +303,9 @@ class Queue:
         ``trio.EndOfChannel``.  A process that only produces (or only
         consumes) should open just its half with ``open_send_channel`` (or
         ``open_receive_channel``): closing an unused half early can end the
-        stream for everyone.
+        stream for everyone.  Opening does not wait for the scheduler: a send
+        endpoint opened on a queue that was closed makes this client's next
+        put on it raise ``trio.ClosedResourceError``.
         """
         return QueueSendChannel(self), QueueReceiveChannel(self)
 
@@ -303,6 +318,7 @@ class Queue:
         return QueueReceiveChannel(self)
 
     def __aiter__(self) -> AsyncIterator[Any]:
+        """Items from ``get`` until ``trio.EndOfChannel``; raises what ``get`` raises."""
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
@@ -346,19 +362,29 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
         queue._client._send_oneway(EndpointOpen(queue.name, "send"))
 
     async def send(self, value: Any) -> None:
-        """Put ``value`` (see ``Queue.put``); ``ClosedResourceError`` if closed."""
+        """Put ``value`` (see ``Queue.put``, whose errors it raises).
+
+        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
+        """
         if self._closed:
             raise trio.ClosedResourceError("this send endpoint was closed")
         await self._queue.put(value)
 
     def clone(self) -> QueueSendChannel:
-        """Another send endpoint, counted separately (close each one)."""
+        """Another send endpoint, counted separately (close each one).
+
+        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
+        """
         if self._closed:
             raise trio.ClosedResourceError("this send endpoint was closed")
         return QueueSendChannel(self._queue)
 
     async def aclose(self) -> None:
-        """Close this endpoint (idempotent); the scheduler counts it as gone."""
+        """Close this endpoint (idempotent); the scheduler counts it as gone.
+
+        Waits for nothing and raises nothing; on a client that is closed or
+        broken it only closes locally (the scheduler counted it gone already).
+        """
         if not self._closed:
             self._closed = True
             _close_endpoint(self._queue, "send")
@@ -379,19 +405,31 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
         queue._link.receivers += 1
 
     async def receive(self) -> Any:
-        """Get an item (see ``Queue.get``); ``EndOfChannel`` after the last sender."""
+        """Get an item (see ``Queue.get``, whose errors it raises).
+
+        Raises ``trio.EndOfChannel`` once the last sender closed and the
+        queue is empty, ``trio.ClosedResourceError`` if this endpoint was closed.
+        """
         if self._closed:
             raise trio.ClosedResourceError("this receive endpoint was closed")
         return await self._queue.get()
 
     def clone(self) -> QueueReceiveChannel:
-        """Another receive endpoint, counted separately (close each one)."""
+        """Another receive endpoint, counted separately (close each one).
+
+        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
+        """
         if self._closed:
             raise trio.ClosedResourceError("this receive endpoint was closed")
         return QueueReceiveChannel(self._queue)
 
     async def aclose(self) -> None:
-        """Close this endpoint (idempotent); the scheduler counts it as gone."""
+        """Close this endpoint (idempotent); the scheduler counts it as gone.
+
+        When it is this client's last receive endpoint on the queue, the
+        items prefetched here go back to the queue.  Waits for nothing and
+        raises nothing.
+        """
         if not self._closed:
             self._closed = True
             link = self._queue._link

@@ -62,7 +62,11 @@ class Scheduler:
     must have a token its operator chose and distributed.  ``dispatch`` is
     the task policy, "pull" (load-balanced, the default) or "push" (dealt
     round-robin ahead of demand, ``prefetch`` tasks beyond each worker's
-    slots: lower overhead, possibly uneven).
+    slots: lower overhead, possibly uneven).  Raises ``ValueError`` for a
+    missing token on a non-loopback host, an empty token, a
+    ``max_frame_size`` too small for an answer, a ``dispatch`` other than
+    "pull" or "push", or a negative ``prefetch`` (``TypeError`` for one
+    that is not an int).
     """
 
     def __init__(
@@ -98,7 +102,12 @@ class Scheduler:
         self._next_conn = 1
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen and serve until cancelled; reports ``tcp://host:port`` when ready."""
+        """Listen and serve until cancelled; reports ``tcp://host:port`` when ready.
+
+        Raises ``OSError`` if it cannot listen (the port is taken, say).  A
+        client that fails the handshake or breaks the protocol is closed,
+        alone.  Cancelling it closes every connection and ends it.
+        """
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         sockname = listeners[0].socket.getsockname()
         host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]

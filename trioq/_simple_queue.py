@@ -39,7 +39,9 @@ class SimpleQueue:
     """A named queue with Fiber's pull or push dispatch; ``client.simple_queue()``.
 
     ``put`` and ``get`` as on ``trioq.Queue``; ``aclose`` (or ``async with``)
-    returns the items a push consumer holds but has not taken.
+    returns the items a push consumer holds but has not taken.  Raises
+    ``ValueError`` for a ``mode`` other than "pull" or "push" or a ``window``
+    that is not a positive int, ``TypeError`` for a name that is not a str.
     """
 
     def __init__(
@@ -68,15 +70,25 @@ class SimpleQueue:
         return f"<trioq.SimpleQueue {self.name!r} mode={self.mode}>"
 
     async def put(self, item: Any) -> None:
-        """Put one item (see ``Queue.put``)."""
+        """Put one item (see ``Queue.put``, whose errors it raises).
+
+        Raises ``trio.ClosedResourceError`` after ``aclose``.  If cancelled,
+        the item was not put.
+        """
         self._check_open()
         await self._queue.put(item)
 
     async def get(self) -> Any:
         """The next item for this consumer, waiting for one.
 
-        Pull: asks the scheduler for one.  Push: takes the oldest item pushed
-        here (subscribing on first use).  If cancelled, nothing was taken.
+        Pull: asks the scheduler for one, and raises what ``Queue.get``
+        raises.  Push: takes the oldest item pushed here (subscribing on
+        first use); raises ``RuntimeError`` if this client already has
+        another push consumer on the queue, ``trio.BrokenResourceError`` if
+        the queue was deleted before the subscription.  Either way raises
+        ``trio.ClosedResourceError`` after ``aclose`` (also in a ``get``
+        waiting then).  If cancelled, nothing was taken (a push subscription
+        made stays until ``aclose``).
         """
         self._check_open()
         if self.mode == "pull":
@@ -108,11 +120,22 @@ class SimpleQueue:
         return self._client._serializer.loads(data)
 
     async def qsize(self) -> int:
-        """Items put and not yet consumed (queued, pushed or leased)."""
+        """Items put and not yet consumed (queued, pushed or leased).
+
+        Raises ``trio.BrokenResourceError`` if the queue was deleted; it
+        still answers after ``aclose``.  A cancelled call changes nothing.
+        """
         return await self._queue.qsize()
 
     async def aclose(self) -> None:
-        """Stop consuming; a push consumer returns what it holds, unconsumed.  Idempotent."""
+        """Stop consuming; a push consumer returns what it holds, unconsumed.  Idempotent.
+
+        Later ``put`` and ``get`` raise ``trio.ClosedResourceError``.  A push
+        consumer unsubscribes and returns its items shielded from
+        cancellation, waiting for the scheduler; its client being broken or
+        closed raises ``trio.BrokenResourceError`` (the scheduler returns
+        the items itself when the connection ends).
+        """
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
@@ -132,6 +155,7 @@ class SimpleQueue:
                 await self._client._request(QueueReturn(leases), Ok)
 
     async def __aenter__(self) -> SimpleQueue:
+        """Return the queue; leaving the block calls ``aclose``."""
         return self
 
     async def __aexit__(
@@ -140,6 +164,7 @@ class SimpleQueue:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """``await self.aclose()``; raises what it raises."""
         await self.aclose()
 
     def _check_open(self) -> None:

@@ -177,7 +177,11 @@ class TaskQueue:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        """``await self.shutdown()``, then close the nursery."""
+        """``await self.shutdown()``, then close the nursery.
+
+        If cancelled, the grace period ends at once and the shutdown still
+        completes (see ``shutdown``).
+        """
         try:
             await self.shutdown()
         finally:

@@ -227,6 +227,8 @@ class ThreadWorker(_Worker):
 
     A cancelled thread call cannot be interrupted: its result is discarded,
     and the worker takes no new call until the thread has returned.
+    ``series`` names the call series it runs.  Raises ``TypeError`` for a
+    ``series`` given as one string instead of an iterable of names.
     """
 
     def __init__(self, *, series: Iterable[str] = ()) -> None:
@@ -271,6 +273,9 @@ class ProcessWorker(_Worker):
     back outcomes as frames on private pipes; its stderr is ours.  It
     inherits this process's ``sys.path``, so functions pickled by reference
     import there too.  ``pid`` is the child's process id while attached.
+    Raises ``TypeError`` for a ``series`` given as one string instead of an
+    iterable of names; attaching it raises ``OSError`` if the child cannot
+    be started.
     """
 
     def __init__(self, *, series: Iterable[str] = ()) -> None:
@@ -454,6 +459,9 @@ class RemoteWorker(_Worker):
 
     It connects with ``trioq.connect(address, token=token)`` when attached
     and submits each call as a task; cancelling a call cancels its task.
+    Raises ``TypeError`` for a ``series`` given as one string instead of an
+    iterable of names, ``ValueError`` for ``slots`` that is not a positive
+    int; attaching it raises what ``trioq.connect`` raises.
     """
 
     def __init__(

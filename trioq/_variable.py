@@ -21,7 +21,10 @@ __all__ = ["Variable"]
 
 
 class Variable:
-    """A named value every client can set and read.  Create it with ``client.variable(name)``."""
+    """A named value every client can set and read.  Create it with ``client.variable(name)``.
+
+    Raises ``TypeError`` for a name that is not a str.
+    """
 
     def __init__(self, client: Client, name: str) -> None:
         if type(name) is not str:
@@ -36,8 +39,10 @@ class Variable:
         """Set the value; readers waiting for one get it.
 
         Raises ``SerializationError`` for a value that cannot be serialized,
-        ``ValueError`` for one over the scheduler's size limit.  If cancelled,
-        it either was set or was not, and the call tells (like ``Queue.put``).
+        ``ValueError`` (or ``LocalProtocolError``, beyond a frame) for one over
+        the scheduler's size limit, ``LookupError`` for one holding a released
+        future.  If cancelled, it either was set or was not, and the call
+        tells (like ``Queue.put``).
         """
         data = self._client._serializer.dumps_item(value)
         await self._client._request(VariableSet(self.name, data), Ok, on_cancel="outcome")
@@ -47,7 +52,8 @@ class Variable:
 
         ``timeout`` (seconds) raises ``trio.TooSlowError`` when it runs out;
         a thin ``trio.fail_after`` kept for dask familiarity: prefer cancel
-        scopes.  A cancelled ``get`` leaves nothing behind.
+        scopes.  A cancelled ``get`` (or one that timed out) leaves nothing
+        behind: its waiting read is withdrawn.
         """
         if timeout is None:
             return await self._get()
@@ -55,7 +61,10 @@ class Variable:
             return await self._get()
 
     async def get_nowait(self) -> Any:
-        """The current value; raises ``LookupError`` if it is not set."""
+        """The current value; raises ``LookupError`` if it is not set.
+
+        Never waits for a value (one round trip); a cancelled call changes nothing.
+        """
         reply = await self._client._request(VariableGet(self.name, False), Value)
         return self._client._serializer.loads(reply.value)
 
@@ -66,5 +75,8 @@ class Variable:
         return self._client._serializer.loads(reply.value)
 
     async def delete(self) -> None:
-        """Forget the value (no error if it was not set).  Idempotent if cancelled."""
+        """Forget the value (no error if it was not set).
+
+        If cancelled, it may or may not have been forgotten; repeating it is safe.
+        """
         await self._client._request(VariableDelete(self.name), Ok)

@@ -65,7 +65,9 @@ class Worker:
     """Runs tasks for the scheduler at ``address`` until cancelled.
 
     Start it with ``await nursery.start(worker.run)``, or from the command
-    line with ``python -m trioq worker ADDRESS``.
+    line with ``python -m trioq worker ADDRESS``.  ``nthreads`` tasks run at
+    once; ``series`` names the task series it is qualified for.  Raises
+    ``ValueError`` for an ``nthreads`` that is not a positive int.
     """
 
     def __init__(
@@ -91,7 +93,17 @@ class Worker:
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, announce the slots, run tasks until cancelled or disconnected."""
+        """Connect, announce the slots, run tasks until cancelled or disconnected.
+
+        Reports started once the scheduler has accepted it as a worker, and
+        returns when the scheduler closes the connection or it breaks.
+        Raises what ``trioq.connect`` raises: ``ValueError`` for a malformed
+        address or no token, ``OSError`` if the scheduler cannot be reached,
+        ``AuthenticationError`` if it refuses the token.  Cancelling it
+        closes the connection: the scheduler gives the tasks that were
+        running here to other workers (a thread's call runs on to its end,
+        its result discarded).
+        """
         async with (
             connect(self.address, token=self._token, name=self.name) as client,
             trio.open_nursery() as nursery,

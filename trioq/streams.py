@@ -29,7 +29,11 @@ Rules:
   exception, from the ``receive`` of its place; later items still follow.
 
 ``multiplex`` and ``merge`` split and join channels with the same bounded
-buffers; they run in a nursery the caller gives.
+buffers; they are async context managers whose pumps run in a nursery of
+their own, open for the ``async with`` block.
+
+A stage's function raises ``trio.BrokenResourceError`` (cause attached)
+for a client whose connection broke or that was closed.
 """
 
 from __future__ import annotations
@@ -218,7 +222,10 @@ async def scatter(
 
     An item that cannot be serialized raises its ``SerializationError`` from
     the output's ``receive`` at its place.  Raises ``TypeError`` for a source
-    that is not a receive channel, ``ValueError`` for a buffer below 1.
+    that is not a receive channel, ``ValueError`` for a buffer below 1,
+    ``RuntimeError`` for a client not made by ``trioq.connect``.  If the call
+    itself is cancelled, the stage it started runs on (holding ``source``)
+    until the client closes.
     """
     _check_source(source)
     output = _start(client, buffer, _scatter_pump, client, source)
@@ -253,7 +260,13 @@ async def map(
     go to ``submit`` (priority, series, retries).
 
     Raises ``TypeError`` for a source that is not a receive channel or an
-    ``fn`` that is not callable, ``ValueError`` for a buffer below 1.
+    ``fn`` that is not callable, ``ValueError`` for a buffer below 1,
+    ``RuntimeError`` for a client not made by ``trioq.connect``; an ``fn``
+    that cannot be pickled raises cloudpickle's error.  An error of a
+    ``submit`` (see ``Client.submit``) comes from the output's ``receive``
+    at its place; a refusal by the scheduler, from awaiting the future.  If
+    the call itself is cancelled, the stage it started runs on (holding
+    ``source``) until the client closes.
     """
     _check_source(source)
     if not callable(fn):
@@ -295,7 +308,9 @@ async def gather(
     A task's error, or ``TypeError`` for an input that is not a future, is
     raised by the ``receive`` of its place; later items follow.  Raises
     ``TypeError`` for a source that is not a receive channel, ``ValueError``
-    for a buffer below 1.
+    for a buffer below 1, ``RuntimeError`` for a client not made by
+    ``trioq.connect``.  If the call itself is cancelled, the stage it
+    started runs on (holding ``source``) until the client closes.
     """
     _check_source(source)
     window = _check_buffer(buffer)
@@ -397,9 +412,16 @@ async def multiplex(
     A future is shared: each branch that consumes it owns a share, and this
     client releases it when the last share is released.  A branch that is
     closed is dropped (its buffered shares are given up); when every branch
-    is closed, ``source`` is closed.  Leaving the block closes everything.
-    Raises ``TypeError`` for a source that is not a receive channel,
-    ``ValueError`` for ``n`` or ``buffer`` below 1.
+    is closed, ``source`` is closed.  Leaving the block (also by
+    cancellation) closes everything.  Raises ``TypeError`` for a source that
+    is not a receive channel, ``ValueError`` for ``n`` or ``buffer`` below 1.
+    An error from ``source`` reaches every branch's ``receive`` at its
+    place, except ``trio.ClosedResourceError`` and
+    ``trio.BrokenResourceError``, which fail the block.  The block runs
+    inside a trio nursery: an exception leaving it comes out wrapped in an
+    ``ExceptionGroup``.  A branch's ``receive`` raises
+    ``trio.EndOfChannel`` after the last item, ``trio.ClosedResourceError``
+    once the branch was closed.
     """
     _check_source(source)
     if type(n) is not int or n < 1:
@@ -452,9 +474,15 @@ async def merge(
 ) -> AsyncIterator[trio.abc.ReceiveChannel[Any]]:
     """One channel of the items of every source, as they come, inside ``async with``.
 
-    It ends when every source has ended; closing it (or leaving the block)
-    closes every source.  Raises ``TypeError`` for a source that is not a
-    receive channel, ``ValueError`` for a buffer below 1.
+    It ends when every source has ended; closing it (or leaving the block,
+    also by cancellation) closes every source.  Raises ``TypeError`` for a
+    source that is not a receive channel, ``ValueError`` for a buffer below
+    1.  A source's error reaches the output's ``receive`` in its place,
+    except ``trio.ClosedResourceError`` and ``trio.BrokenResourceError``,
+    which fail the block.  The block runs inside a trio nursery: an
+    exception leaving it comes out wrapped in an ``ExceptionGroup``.  The
+    output's ``receive`` raises ``trio.EndOfChannel`` at the end,
+    ``trio.ClosedResourceError`` once it was closed.
     """
     for source in sources:
         _check_source(source)
