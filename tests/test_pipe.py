@@ -351,3 +351,20 @@ async def test_send_cancelled_before_it_starts_sends_nothing(client: trioq.Clien
         await a.send("sent")
         await a.aclose()
         assert [value async for value in b] == ["sent"]
+
+
+async def test_a_cancelled_aclose_still_closes_both_directions(client: trioq.Client) -> None:
+    with trio.fail_after(WAIT):
+        a, b = await client.pipe()
+        await a.send("first")
+        assert await b.receive() == "first"  # both of b's endpoints are open
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await b.aclose()
+        with pytest.raises(trio.EndOfChannel):  # b's sending side was closed
+            await a.receive()
+        with pytest.raises(trio.BrokenResourceError):  # and its receiving side
+            for _ in range(3):  # a put is refused on the send after its answer came
+                await a.send("nobody reads this")
+                await client.status()
+        await a.aclose()

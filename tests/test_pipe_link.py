@@ -190,3 +190,55 @@ async def test_closing_linked_ends_leaves_no_pipe_state_on_the_scheduler(
         await client.status()  # every close above is applied
         status = cluster.scheduler.state.status()
         assert status["queues"] == [] and status["variables"] == []
+
+
+async def test_an_unexpected_error_while_linking_leaves_the_pipe_on_its_queues(
+    client: trioq.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_connect(self: Any) -> Any:
+        raise ValueError("not an address")
+
+    monkeypatch.setattr(_pipe_link.LinkMaker, "_connect", broken_connect)
+    with trio.fail_after(WAIT):
+        a, b = await client.pipe()
+        await a.send(1)
+        assert await b.receive() == 1
+        await b.send(2)
+        assert await a.receive() == 2
+        assert a._maker is not None and b._maker is not None
+        await b._maker.settled.wait()
+        assert b._maker.failed and not b._switched_out
+        for i in range(10):
+            await a.send(i)
+        assert [await b.receive() for _ in range(10)] == list(range(10))
+        assert await client.status()  # the client is alive and well
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_an_end_that_fails_after_the_handshake_leaves_both_ends_on_their_queues(
+    client: trioq.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def connect_without_confirming(self: Any) -> Any:
+        connection = await self._connect_to_peer(confirm=False)
+        await connection.aclose()
+        raise OSError("lost after the handshake")
+
+    monkeypatch.setattr(_pipe_link.LinkMaker, "_connect", connect_without_confirming)
+    with trio.fail_after(WAIT):
+        a, b = await client.pipe()
+        await a.send("first")
+        assert await b.receive() == "first"
+        await b.send("back")
+        assert await a.receive() == "back"
+        assert a._maker is not None and b._maker is not None
+        await a._maker.settled.wait()
+        await b._maker.settled.wait()
+        assert a._maker.failed and b._maker.failed
+        for i in range(10):
+            await a.send(i)
+            await b.send(-i)
+        assert [await b.receive() for _ in range(10)] == list(range(10))
+        assert [await a.receive() for _ in range(10)] == [-i for i in range(10)]
+        await a.aclose()
+        await b.aclose()

@@ -785,3 +785,35 @@ async def test_a_push_get_cancelled_while_subscribing_leaves_no_subscription_beh
             await other.put("x")
             with trio.fail_after(INSTANT):
                 assert await other.get() == "x"
+
+
+async def test_a_push_get_waiting_when_the_queue_is_deleted_raises_broken_resource_error(
+    cluster: Any,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(cluster, "c") as client, connect(cluster, "d") as deleter:
+            q = client.simple_queue("doomed", "push")
+            await q.qsize()  # opened
+            raised: list[BaseException] = []
+
+            async def wait_get() -> None:
+                with pytest.raises(trio.BrokenResourceError, match="deleted") as info:
+                    await q.get()
+                raised.append(info.value)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_get)
+                await until(lambda: queue_row(cluster, "doomed")["subscribers"] == 1)
+                await deleter.queue("doomed").delete()
+            assert raised
+            await q.aclose()
+
+
+async def test_aclose_of_a_push_consumer_on_a_closed_client_raises_nothing(cluster: Any) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(cluster, "c") as client:
+            q = client.simple_queue("orphan", "push")
+            await q.put(1)
+            assert await q.get() == 1
+        await q.aclose()  # the client is gone: the scheduler took the leases back
+        assert client._push_links == {}

@@ -760,3 +760,34 @@ async def test_map_refuses_a_non_callable_and_multiplex_a_count_below_one() -> N
     with pytest.raises(ValueError, match="n must be a positive int, got 0"):
         async with streams.multiplex(0, channel_of([])):
             pass
+
+
+async def test_closing_a_merge_inside_its_block_ends_the_merge_not_the_block() -> None:
+    ran_on = False
+    send, source = trio.open_memory_channel[int](1)
+    with trio.fail_after(WAIT):
+        async with streams.merge(source, channel_of([1])) as merged:
+            await merged.aclose()
+            ran_on = True  # the caller's own code is not cancelled by it
+            with pytest.raises(trio.BrokenResourceError):
+                for _ in range(10):  # the forwarder closes its source as it goes
+                    await send.send(0)
+    assert ran_on
+
+
+@pytest.mark.parametrize("stage", ["scatter", "map", "gather"])
+async def test_a_stage_whose_start_is_cancelled_leaves_no_pump_behind(stage: str) -> None:
+    async with cluster_and_client() as (cluster, client):
+        baseline = pumps(client)
+        send, source = trio.open_memory_channel[Any](1)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            if stage == "scatter":
+                await client.scatter(source)
+            elif stage == "map":
+                await client.map(inc, source)
+            else:
+                await client.gather(source)
+        assert scope.cancelled_caught
+        assert pumps(client) == baseline
+        send.send_nowait(1)  # nobody took the source: it is still open

@@ -562,6 +562,11 @@ async def test_a_worker_joining_a_push_scheduler_with_queued_tasks_runs_them() -
         nursery.cancel_scope.cancel()
 
 
+def test_a_worker_refuses_one_string_for_its_series() -> None:
+    with pytest.raises(TypeError, match="not one string"):
+        trioq.Worker("tcp://127.0.0.1:1", series="gpu")
+
+
 def test_a_worker_needs_at_least_one_thread() -> None:
     with pytest.raises(ValueError, match="nthreads must be a positive int, got 0"):
         trioq.Worker("tcp://127.0.0.1:1", nthreads=0)
@@ -637,13 +642,48 @@ async def test_as_completed_yields_a_future_whose_submit_was_refused() -> None:
             SHARED.event("blocker:go").set()
 
 
-async def test_a_negative_retries_is_refused_when_the_future_is_awaited() -> None:
-    async with cluster_and_client() as (_, client):
+async def test_bad_task_options_are_refused_by_submit_before_anything_is_sent() -> None:
+    async with cluster_and_client() as (cluster, client):
         with trio.fail_after(WAIT):
-            future = await client.submit(add, 1, retries=-1)
             with pytest.raises(ValueError, match="retries must be >= 0, got -1"):
-                await future
-            assert future.status == "error"
+                await client.submit(add, 1, retries=-1)
+            with pytest.raises(TypeError, match="priority must be an int, got str"):
+                await client.submit(add, 1, priority="high")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="priority must fit in 64 bits"):
+                await client.submit(add, 1, priority=2**70)
+            with pytest.raises(TypeError, match="series must be a str or None, got int"):
+                await client.submit(add, 1, series=3)  # type: ignore[arg-type]
+            with pytest.raises(trioq.SerializationError, match="cannot pickle the function"):
+                await client.submit(threading.Lock().acquire)
+            assert await (await client.submit(add, 1, 2)) == 3  # the connection is fine
+            assert cluster.scheduler.state.tasks.status()["tasks"] == {"finished": 1}
+
+
+async def test_cancel_of_a_refused_future_raises_its_refusal_and_spares_the_other_task() -> None:
+    async with cluster_and_client(workers=0) as (cluster, client):
+        async with trioq.connect(cluster.address, name="other") as other:
+            with trio.fail_after(WAIT):
+                theirs = await other.submit(add, 1, key="shared")
+                await other.status()  # applied first
+                mine = await client.submit(add, 2, key="shared")
+                with pytest.raises(ValueError, match="exists already"):
+                    await mine
+                with pytest.raises(ValueError, match="exists already"):
+                    await mine.cancel()
+                await client.status()
+                assert cluster.scheduler.state.tasks._tasks["shared"].status == "pending"
+                assert not theirs.done()
+
+
+async def test_gather_refuses_what_is_not_a_future_and_futures_of_two_clients() -> None:
+    async with cluster_and_client() as (cluster, client):
+        async with trioq.connect(cluster.address, name="other") as other:
+            with trio.fail_after(WAIT):
+                with pytest.raises(TypeError, match="gather expects futures, got int"):
+                    await client.gather([1])  # type: ignore[list-item]
+                mine, theirs = await client.submit(add, 1), await other.submit(add, 2)
+                with pytest.raises(ValueError, match="futures of one client"):
+                    await client.gather([mine, theirs])
 
 
 @asynccontextmanager
@@ -798,3 +838,21 @@ async def test_a_streaming_map_refuses_more_than_one_channel() -> None:
         first, second = trio.open_memory_channel[int](1)[1], trio.open_memory_channel[int](1)[1]
         with pytest.raises(TypeError, match="exactly one receive channel"):
             await client.map(add, first, second)
+
+
+BARRIER: dict[str, threading.Barrier] = {}
+
+
+def meet(name: str) -> str:
+    """A thread task that returns only once another thread task met it."""
+    BARRIER[name].wait(timeout=THREAD_GATE)
+    return name
+
+
+async def test_a_worker_runs_as_many_thread_tasks_at_once_as_it_has_threads() -> None:
+    BARRIER["pair"] = threading.Barrier(2)
+    async with cluster_and_client(workers=1, nthreads=2) as (_, client):
+        with trio.fail_after(WAIT):
+            first = await client.submit(meet, "pair")
+            second = await client.submit(meet, "pair")
+            assert await client.gather([first, second]) == ["pair", "pair"]

@@ -128,6 +128,7 @@ class Channel:
         repeating it is safe.
         """
         await self._client._request(ChannelStop(self.name), Ok)
+        self._stopped = True
 
     # -- reading -------------------------------------------------------------------------
 
@@ -247,14 +248,17 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
         if self._closed:
             raise trio.ClosedResourceError("this subscription was closed")
         if not self._buffered:
-            reply = await self._channel._read(self.position, READ_BATCH, wait=True)
-            if not reply.items and reply.stopped:
-                raise trio.EndOfChannel(f"channel {self._channel.name!r} was stopped")
-            self._buffered.extend(reply.items)
-            self.position = reply.first + len(reply.items)
+            while not self._buffered:
+                reply = await self._channel._read(self.position, READ_BATCH, wait=True)
+                if not reply.items and reply.stopped:
+                    raise trio.EndOfChannel(f"channel {self._channel.name!r} was stopped")
+                self._buffered.extend(reply.items)
+                self.position = reply.first + len(reply.items)
         else:
             await trio.lowlevel.checkpoint()
-        return self._channel._client._serializer.loads(self._buffered.popleft())
+        value = self._channel._client._serializer.loads(self._buffered[0])
+        self._buffered.popleft()  # taken only once decoded: a bad element raises again
+        return value
 
     async def aclose(self) -> None:
         """Stop reading (the channel itself goes on); idempotent, raises nothing.

@@ -433,12 +433,12 @@ class Client:
     # -- requests ------------------------------------------------------------------
 
     def _check_usable(self) -> None:
+        if self._closed:  # closed by its owner: trio's "you closed it"
+            raise trio.ClosedResourceError("this client was closed")
         if self._broken is not None:
             raise trio.BrokenResourceError("the connection to the scheduler is broken") from (
                 self._broken
             )
-        if self._closed:
-            raise trio.ClosedResourceError("this client was closed")
 
     def _send_request(
         self, message: Message, late: Callable[[_Pending], None] | None = None
@@ -630,6 +630,9 @@ class Client:
         if isinstance(notice, CreditNotice):
             link = self._queue_links.get(notice.queue)
             unused = 0 if link is None else link.on_credit(notice.credit, notice.action)
+            subscriber = self._push_links.get(notice.queue)
+            if notice.action == "deleted" and subscriber is not None:
+                subscriber._on_deleted()
             if notice.action == "revoke" and not self._connection.is_broken:
                 answer = CreditReturn(notice.queue, notice.credit, unused or 0)
                 self._flush_pending()  # puts paid with that credit must arrive first

@@ -130,6 +130,9 @@ class Future:
         by every client holding it.  If this call is cancelled after the request
         left, the task is cancelled all the same.
         """
+        if self._refused is not None:  # never ours: the key is another client's task
+            await trio.lowlevel.checkpoint()
+            raise self._refused
         await self._client._request(TaskCancel(self.key), Ok)
 
     async def release(self) -> None:
@@ -184,11 +187,12 @@ async def submit(
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    _check_options(priority, series, retries, key)
     if key is None:
         key = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
     if key in client._futures:
         raise ValueError(f"this client has a task with key {key!r} already")
-    pickled = _pickled_fn if _pickled_fn is not None else Pickled(pickle_dumps(fn))
+    pickled = _pickled_fn if _pickled_fn is not None else _pickle_function(fn)
     payload = client._serializer.dumps_item((pickled, args, kwargs))
     await trio.lowlevel.checkpoint_if_cancelled()
     future = Future(client, key)
@@ -199,6 +203,33 @@ async def submit(
     client._futures[key] = future
     await trio.lowlevel.cancel_shielded_checkpoint()
     return future
+
+
+_PRIORITY_RANGE = range(-(2**63), 2**63)
+
+
+def _check_options(priority: Any, series: Any, retries: Any, key: Any) -> None:
+    """Refuse bad task options here, with a clear error, not on the scheduler."""
+    if type(priority) is not int:
+        raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+    if priority not in _PRIORITY_RANGE:
+        raise ValueError(f"priority must fit in 64 bits, got {priority}")
+    if series is not None and type(series) is not str:
+        raise TypeError(f"series must be a str or None, got {type(series).__name__}")
+    if type(retries) is not int:
+        raise TypeError(f"retries must be an int, got {type(retries).__name__}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    if key is not None and type(key) is not str:
+        raise TypeError(f"key must be a str or None, got {type(key).__name__}")
+
+
+def _pickle_function(fn: Callable[..., Any]) -> Pickled:
+    """``fn`` pickled once (by reference where importable); ``SerializationError`` if not."""
+    try:
+        return Pickled(pickle_dumps(fn))
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle the function {fn!r}: {exc}") from exc
 
 
 async def scatter_value(client: Client, value: Any, key: str | None = None) -> Future:
@@ -229,7 +260,7 @@ async def map_tasks(
 
     The function is pickled once for the whole call (its arguments per task).
     """
-    pickled = Pickled(pickle_dumps(fn))
+    pickled = _pickle_function(fn)
     return [
         await submit(client, fn, *args, _pickled_fn=pickled, **options)
         for args in zip(*iterables, strict=False)
@@ -248,7 +279,12 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
     if not futures:
         await trio.lowlevel.checkpoint()
         return []
+    for future in futures:
+        if not isinstance(future, Future):
+            raise TypeError(f"gather expects futures, got {type(future).__name__}")
     client = futures[0]._client
+    if any(future._client is not client for future in futures):
+        raise ValueError("gather takes the futures of one client")
     await trio.lowlevel.checkpoint_if_cancelled()
     changed = _Changed()
     reads = []

@@ -256,8 +256,9 @@ class PipeEnd(trio.abc.Channel[Any]):
                 if not is_switch(value, self._pipe):
                     return value
                 self._switched_in = True  # the sender sends over the link from now on
-            await maker.ready.wait()  # the peer had it up: ours follows at once
-            assert maker.link is not None
+            await maker.settled.wait()  # the peer had it up: ours is (or failed) at once
+            if maker.link is None:
+                raise trio.BrokenResourceError("the pipe's direct link failed as it was made")
             return client._serializer.loads(await maker.link.receive())
         except trio.EndOfChannel:
             self._ended = True
@@ -295,14 +296,15 @@ class PipeEnd(trio.abc.Channel[Any]):
         if client is None or client._closed or client._broken is not None:
             client = None  # nothing to tell the scheduler (or no way to)
         sole = not self._pickled
+        # Every endpoint closes without a checkpoint: a cancelled aclose closes them all.
         if self._sender is not None:
-            await self._sender.aclose()
+            self._sender.close()
         elif self._send_name is not None and sole and client is not None:
-            await self._queue(client, self._send_name).open_send_channel().aclose()
+            self._queue(client, self._send_name).open_send_channel().close()
         if self._receiver is not None:
-            await self._receiver.aclose()
+            self._receiver.close()
         elif self._receive_name is not None and sole and client is not None:
-            await self._queue(client, self._receive_name).open_receive_channel().aclose()
+            self._queue(client, self._receive_name).open_receive_channel().close()
         if self._ended and sole and client is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 for name in (self._send_name, self._receive_name):

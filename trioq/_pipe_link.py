@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._exceptions import AuthenticationError, ProtocolError
+from ._impl import core
 from ._transport import FramedConnection
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = ["Link", "LinkMaker", "SWITCH", "is_switch"]
 SWITCH = "trioq-pipe-switch"  # with the pipe's name: the marker a sender puts on its queue
 LINK_BUFFER = 64  # frames received and not yet taken
 _ITEM = 1  # the op code of a frame carrying one value
+_CONFIRM = 2  # end 1's first frame: it has the link too
 ESTABLISH_TIMEOUT = 10.0  # seconds for a connect and its handshake
 
 
@@ -102,6 +104,8 @@ class LinkMaker:
         self._scope = trio.CancelScope()
         self._stopping = trio.Event()
         self.ready = trio.Event()  # set once ``link`` is up
+        self.settled = trio.Event()  # set once the link is up or has failed
+        self.failed = False  # the link could not be made
         self.link: Link | None = None
 
     def start(self) -> None:
@@ -123,10 +127,15 @@ class LinkMaker:
                     connection = await self._listen()
                 else:
                     connection = await self._connect()
-            except (OSError, AuthenticationError, trio.TooSlowError, trio.BrokenResourceError):
-                return  # no direct route: the queues carry on
+            except Exception:
+                # No direct route (or the client went): the queues carry on.
+                # A receiver that already saw the peer's switch learns it here.
+                self.failed = True
+                self.settled.set()
+                return
             link = self.link = Link(connection)
             self.ready.set()
+            self.settled.set()
             if self._stopping.is_set():
                 link.close()
             try:
@@ -167,6 +176,14 @@ class LinkMaker:
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise
+                try:  # our peer: it counts the link as made once it has sent this
+                    with trio.fail_after(ESTABLISH_TIMEOUT):
+                        confirm = await connection.receive_frame()
+                    if confirm is None or confirm.op != _CONFIRM:
+                        raise AuthenticationError("the pipe's other end did not confirm the link")
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise  # it tried and failed: no second attempt, the queues carry on
                 try:
                     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                         await self._variable().delete()  # one peer per pipe
@@ -181,7 +198,11 @@ class LinkMaker:
                     await listener.aclose()
 
     async def _connect(self) -> FramedConnection:
-        """End 1: wait for end 0's address, connect, prove the secret."""
+        """End 1: wait for end 0's address, connect, prove the secret, confirm."""
+        return await self._connect_to_peer(confirm=True)
+
+    async def _connect_to_peer(self, *, confirm: bool) -> FramedConnection:
+        """``_connect``; a test leaves out the confirmation to fail halfway."""
         address, secret = await self._variable().get()
         host, _, port = address.rpartition(":")
         with trio.fail_after(ESTABLISH_TIMEOUT):
@@ -189,6 +210,10 @@ class LinkMaker:
             connection = FramedConnection(stream, busy_window=0)
             try:
                 await connection.client_handshake(secret, f"{self._pipe}/1")
+                # Both ends count the link as made only once end 0 has this frame:
+                # an end that failed halfway never sends (or waits for) a switch.
+                if confirm:
+                    await connection.stream.send_all(core.encode_frame(_CONFIRM, 0, b""))
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise

@@ -385,10 +385,14 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
         Waits for nothing and raises nothing; on a client that is closed or
         broken it only closes locally (the scheduler counted it gone already).
         """
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """``aclose`` without the checkpoint, like a memory channel's ``close``."""
         if not self._closed:
             self._closed = True
             _close_endpoint(self._queue, "send")
-        await trio.lowlevel.checkpoint()
 
 
 class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
@@ -430,6 +434,11 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
         items prefetched here go back to the queue.  Waits for nothing and
         raises nothing.
         """
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """``aclose`` without the checkpoint, like a memory channel's ``close``."""
         if not self._closed:
             self._closed = True
             link = self._queue._link
@@ -441,7 +450,6 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
                 link.buffer.clear()
                 self._queue._client._send_oneway(QueueReturn(leases))
             _close_endpoint(self._queue, "receive")
-        await trio.lowlevel.checkpoint()
 
 
 def _usable(client: Client) -> bool:

@@ -18,11 +18,13 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
+from ._client import CLOSE_TIMEOUT
 from ._messages import Ok, Pushed, QueueReturn, QueueSubscribe, QueueUnsubscribe
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ class SimpleQueue:
         self._buffer: deque[tuple[int, bytes]] = deque()  # (lease, item) pushed to us
         self._arrived = trio.Event()
         self._closed = False
+        self._deleted = False  # the scheduler said the queue was deleted
 
     @property
     def name(self) -> str:
@@ -112,12 +115,16 @@ class SimpleQueue:
                 raise
         while not self._buffer:
             self._client._check_usable()
+            if self._deleted:
+                raise trio.BrokenResourceError(f"queue {self.name!r} was deleted")
             await self._arrived.wait()
             self._arrived = trio.Event()
             self._check_open()
-        lease, data = self._buffer.popleft()
+        lease, data = self._buffer[0]
+        value = self._client._serializer.loads(data)  # a bad item stays leased, not lost
+        self._buffer.popleft()
         self._client._ack([lease], batch=max(1, self._window // 2))
-        return self._client._serializer.loads(data)
+        return value
 
     async def qsize(self) -> int:
         """Items put and not yet consumed (queued, pushed or leased).
@@ -132,9 +139,9 @@ class SimpleQueue:
 
         Later ``put`` and ``get`` raise ``trio.ClosedResourceError``.  A push
         consumer unsubscribes and returns its items shielded from
-        cancellation, waiting for the scheduler; its client being broken or
-        closed raises ``trio.BrokenResourceError`` (the scheduler returns
-        the items itself when the connection ends).
+        cancellation, waiting for the scheduler up to ``CLOSE_TIMEOUT``
+        seconds; raises nothing (on a broken or closed client the scheduler
+        returns the items itself when the connection ends).
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -144,15 +151,26 @@ class SimpleQueue:
         if not self._subscribed:
             await trio.lowlevel.checkpoint()
             return
-        with trio.CancelScope(shield=True):
-            await self._client._request(QueueUnsubscribe(self.name), Ok)
-            # Pushes sent before the unsubscribe may still arrive: they are
-            # returned as they come (see _on_pushed).  Then return what we hold.
-            self._client._push_links.pop(self.name, None)
-            leases = [lease for lease, _ in self._buffer]
-            self._buffer.clear()
-            if leases:
-                await self._client._request(QueueReturn(leases), Ok)
+        try:
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(CLOSE_TIMEOUT),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await self._client._request(QueueUnsubscribe(self.name), Ok)
+                # Pushes sent before the unsubscribe may still arrive: they are
+                # returned as they come (see the client's notice handler).  Then
+                # return what we hold.
+                self._client._push_links.pop(self.name, None)
+                leases = [lease for lease, _ in self._buffer]
+                self._buffer.clear()
+                if leases:
+                    await self._client._request(QueueReturn(leases), Ok)
+        finally:
+            # A broken connection (or a silent scheduler): the scheduler returns
+            # what this consumer held when the connection ends.
+            if self._client._push_links.get(self.name) is self:
+                del self._client._push_links[self.name]
 
     async def __aenter__(self) -> SimpleQueue:
         """Return the queue; leaving the block calls ``aclose``."""
@@ -170,6 +188,12 @@ class SimpleQueue:
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("this SimpleQueue was closed")
+
+    def _on_deleted(self) -> None:
+        """Called by the connection's reader: the queue was deleted."""
+        self._deleted = True
+        self._buffer.clear()  # leased from the deleted queue: gone with it
+        self._arrived.set()
 
     def _on_pushed(self, notice: Pushed) -> None:
         """Called by the connection's reader with items the scheduler pushed."""

@@ -16,7 +16,10 @@ Rules:
   interrupted, so its result is discarded when it returns.
 * Every ``CALL`` gets exactly one final frame (``RESULT``, ``ERROR``,
   ``END`` or ``CANCELLED``), sent only when the call has really stopped, so
-  the parent knows when this process is free for more work.
+  the parent knows when this process is free for more work.  A result, item
+  or error too big for a frame is replaced by an ``ERROR`` describing a
+  ``SerializationError`` that names its size and the limit: the call fails,
+  the process lives on.
 * A call whose result is an iterator sends ``STREAM``, then ``ITEM`` frames
   while it holds credit (``STREAM_WINDOW`` to start with, one more per
   ``CREDIT`` unit the parent grants as its caller consumes), then ``END``
@@ -45,7 +48,7 @@ from typing import Any
 
 import trio
 
-from ._exceptions import RemoteTaskError
+from ._exceptions import LocalProtocolError, RemoteTaskError, SerializationError
 from ._impl import core
 from ._pickling import pickle_dumps, pickle_loads
 
@@ -55,6 +58,7 @@ __all__ = [
     "STREAM_WINDOW",
     "CREDIT",
     "describe_failure",
+    "too_big",
     "remote_error",
     "is_async",
     "remote_call",
@@ -99,6 +103,13 @@ def describe_failure(exc: BaseException) -> bytes:
         pickled = None
     text = "".join(traceback.format_exception(exc))
     return pickle_dumps((pickled, type(exc).__qualname__, str(exc), text))
+
+
+def too_big(what: str, size: int, limit: int) -> SerializationError:
+    """The error for a pickled value a frame cannot carry (``what`` names the value)."""
+    return SerializationError(
+        f"{what} pickles to {size} bytes, more than a frame may carry ({limit} bytes)"
+    )
 
 
 def remote_error(payload: bytes) -> BaseException:
@@ -190,7 +201,12 @@ class _Child:
         if scope.cancelled_caught:
             op, data = Op.CANCELLED, b""
         del self._calls[request_id]
-        self.send(op, request_id, data)
+        try:
+            self.send(op, request_id, data)
+        except LocalProtocolError:  # over the frame limit: say so instead
+            what = "the call's result" if op == Op.RESULT else "the call's exception"
+            error = too_big(what, len(data), self._encoder.max_frame_size)
+            self.send(Op.ERROR, request_id, describe_failure(error))
 
     async def _stream(self, request_id: int, items: Any) -> tuple[Op, bytes]:
         """Send ``items`` under the credit window; return the final frame."""
@@ -211,7 +227,12 @@ class _Child:
                     return Op.END, b""
                 except Exception as exc:
                     return Op.ERROR, describe_failure(exc)
-                self.send(Op.ITEM, request_id, pickle_dumps(item))
+                data = pickle_dumps(item)
+                try:
+                    self.send(Op.ITEM, request_id, data)
+                except LocalProtocolError:  # over the frame limit: the stream fails
+                    error = too_big("a streamed item", len(data), self._encoder.max_frame_size)
+                    return Op.ERROR, describe_failure(error)
                 self._credit[request_id] -= 1
         finally:
             del self._credit[request_id]

@@ -17,6 +17,10 @@ Rules:
 * A value that is an iterator is streamed, not returned: items go through a
   ``_Sink`` into the ``CallStream`` the caller reads, at most
   ``STREAM_WINDOW`` ahead of it; closing the stream stops the generator.
+* Clean-up never waits on a peer: a ``RemoteWorker`` sends its clean-up
+  requests (cancel a task, delete a queue) one way, so a cluster that hangs
+  cannot hold up a cancelled call or a closing queue; only closing the
+  connection itself waits, as ``Client.aclose`` bounds it.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import trio
 
-from ._exceptions import RemoteProtocolError, collapse_single_groups
+from ._exceptions import LocalProtocolError, RemoteProtocolError, collapse_single_groups
 from ._impl import core
+from ._messages import Message, QueueDelete
 from ._pickling import pickle_dumps, pickle_loads
+from ._task_messages import TaskCancel
 from ._taskqueue_child import (
     CREDIT,
     DONE,
@@ -48,6 +54,7 @@ from ._taskqueue_child import (
     is_async,
     remote_call,
     remote_error,
+    too_big,
 )
 
 __all__ = [
@@ -58,13 +65,18 @@ __all__ = [
     "WorkerDied",
 ]
 
-CLOSE_GRACE = 5.0  # seconds a gracefully closing worker gets before it is killed
-CANCEL_TIMEOUT = 5.0  # seconds to wait for a cluster to confirm a cancel
+CLOSE_GRACE = 5.0  # seconds a gracefully closing child gets before it is killed
 _CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class WorkerDied(Exception):
-    """Internal: the worker running a call went away (its queue decides what next)."""
+    """Internal: the worker running a call went away (its queue decides what next).
+
+    It never reaches users, so it is not in ``_exceptions``: ``_run`` raises
+    it only to the ``TaskQueue``, which turns it into a rerun elsewhere or a
+    ``WorkerLostError`` (a call, ``attach_worker``) or a logged warning (an
+    update).
+    """
 
 
 # --------------------------------------------------------------------------
@@ -390,9 +402,12 @@ class ProcessWorker(_Worker):
         payload = pickle_dumps((fn, args, kwargs))  # an unpicklable call fails here, as itself
         request_id = self._next_id
         self._next_id = request_id % core.MAX_REQUEST_ID + 1
+        try:
+            self._send(Op.CALL, request_id, payload)
+        except LocalProtocolError as exc:  # nothing was sent: the worker is untouched
+            raise too_big("the call", len(payload), self._encoder.max_frame_size) from exc
         send, receive = trio.open_memory_channel[Any](math.inf)  # bounded by the credit
         self._inboxes[request_id] = send
-        self._send(Op.CALL, request_id, payload)
         final = None
         try:
             frame = await self._next(receive)
@@ -406,7 +421,8 @@ class ProcessWorker(_Worker):
                     self._send(Op.CREDIT, request_id, CREDIT.pack(1))
             final = frame
         finally:
-            if self._inboxes.pop(request_id, None) is not None and final is None:
+            inbox = self._inboxes.pop(request_id, None)
+            if inbox is not None and final is None and not self._dead:
                 # Cancelled (or the stream closed): stop it; _ready waits for its end.
                 self._abandoned[request_id] = trio.Event()
                 self._send(Op.CANCEL, request_id)
@@ -444,21 +460,14 @@ class ProcessWorker(_Worker):
 # remote
 
 
-async def _shielded(request: Callable[[], Awaitable[Any]]) -> None:
-    """A clean-up request to the cluster: done even if cancelled, bounded, failures ignored."""
-    with (
-        trio.CancelScope(shield=True),
-        trio.move_on_after(CANCEL_TIMEOUT),
-        contextlib.suppress(Exception),
-    ):
-        await request()
-
-
 class RemoteWorker(_Worker):
     """Runs calls as tasks on a trioq cluster (``slots`` of them at once).
 
     It connects with ``trioq.connect(address, token=token)`` when attached
-    and submits each call as a task; cancelling a call cancels its task.
+    and submits each call as a task; cancelling a call cancels its task, and
+    stopping the worker (crash or not) cancels the tasks still running.
+    Neither waits for the cluster to confirm: the cancel is sent, and only
+    closing the connection waits (see ``Client.aclose``).
     Raises ``TypeError`` for a ``series`` given as one string instead of an
     iterable of names, ``ValueError`` for ``slots`` that is not a positive
     int; attaching it raises what ``trioq.connect`` raises.
@@ -499,8 +508,9 @@ class RemoteWorker(_Worker):
     ) -> None:
         """Owns the connection; reads the control queue (which calls stream).
 
-        On the way out, while the connection still works, it cancels the
-        tasks still running for it and deletes its control queue.
+        On the way out (cancelled or not), while the connection still works,
+        it asks the cluster to cancel the tasks still running for it and to
+        delete its control queue; it does not wait for the answers.
         """
         from ._client import connect
 
@@ -511,19 +521,21 @@ class RemoteWorker(_Worker):
                     self._client = client
                     control = client.queue(self._control)
                     task_status.started()
-                    with self._reading:
-                        try:
-                            while True:
-                                waiting = self._waits.get(await control.get())
-                                if waiting is not None:
-                                    waiting.cancel()  # stop waiting for the value: read items
-                        except (*_CLOSED, trio.EndOfChannel):
-                            self._dead = True
-                            if not self._closing:
-                                on_died()
-                    for future in list(self._futures.values()):  # still running: stop them
-                        await _shielded(future.cancel)
-                    await _shielded(control.delete)
+                    try:
+                        with self._reading:
+                            try:
+                                while True:
+                                    waiting = self._waits.get(await control.get())
+                                    if waiting is not None:
+                                        waiting.cancel()  # stop waiting for the value: read items
+                            except (*_CLOSED, trio.EndOfChannel):
+                                self._dead = True
+                                if not self._closing:
+                                    on_died()
+                    finally:
+                        for key in self._futures:  # still running there: stop them
+                            self._tell(TaskCancel(key))
+                        self._tell(QueueDelete(self._control))
         finally:
             self._dead = True
             self._done.set()
@@ -551,13 +563,24 @@ class RemoteWorker(_Worker):
             return value
         except _CLOSED as exc:
             raise WorkerDied("the worker's connection broke") from exc
-        except trio.Cancelled:
-            await _shielded(future.cancel)
+        except Exception:
+            raise  # the task ended (its error, or its stream's)
+        except BaseException:
+            self._tell(TaskCancel(key))  # cancelled: stop the task there
             raise
         finally:
             self._waits.pop(key, None)
             del self._futures[key]
-            await _shielded(future.release)  # the cluster may forget its outcome now
+            # The cluster may forget its outcome now.  ``release`` sends one way and
+            # only checkpoints: shielded, it cannot be held up.
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await future.release()
+
+    def _tell(self, request: Message) -> None:
+        """Send a clean-up request one way: its answer would change nothing here."""
+        if self._client is not None and not self._dead:
+            with contextlib.suppress(*_CLOSED):
+                self._client._send_oneway(request)
 
     async def _pump(self, client: Any, key: str, future: Any, sink: _Sink) -> None:
         """Move a streamed call's items from its queue into the sink."""
@@ -589,22 +612,26 @@ class RemoteWorker(_Worker):
                             await sink.send(value)
                         except _CLOSED:  # the reader closed the stream: stop the task
                             stopped = True
-                            await _shielded(future.cancel)
+                            self._tell(TaskCancel(key))
                             break
                     nursery.cancel_scope.cancel()
         finally:
-            await _shielded(items.delete)
+            self._tell(QueueDelete(items.name))
         if error is not None:
             raise error
         if failed and not stopped:
             raise failed[0]
 
     async def _close(self, *, crash: bool) -> None:
+        """Stop reading; ``_serve`` cancels the tasks still running there and closes.
+
+        Crash or not, nothing here waits for the cluster's answers; ``crash``
+        also cancels the connection's scope at once.
+        """
         if self._done is None:
             return
-        self._closing = True  # crash or not, tasks still running there are cancelled
+        self._closing = True
         self._reading.cancel()
-        with trio.move_on_after(CLOSE_GRACE):
-            await self._done.wait()
-        self._scope.cancel()
+        if crash:
+            self._scope.cancel()
         await self._done.wait()

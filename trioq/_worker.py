@@ -46,6 +46,14 @@ HEARTBEAT_INTERVAL = 2.0  # seconds; the scheduler's worker_timeout should be se
 _current_client: contextvars.ContextVar[Client] = contextvars.ContextVar("trioq_worker_client")
 
 
+def _is_async(fn: Any) -> bool:
+    """Does calling ``fn`` give a coroutine (an ``async def``, or an object whose
+    ``__call__`` is one)?  Those run in the worker's trio thread."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 -- an object with an async __call__
+    )
+
+
 def worker_client() -> Client:
     """The connection of the worker running the current task.
 
@@ -84,6 +92,8 @@ class Worker:
         self.address = address
         self.name = name or f"worker-{socket.gethostname()}-{os.getpid()}"
         self.nthreads = nthreads
+        if isinstance(series, (str, bytes)):
+            raise TypeError("series must be an iterable of series names, not one string")
         self.series = [str(s) for s in series]
         self._token = token
         self._slots = trio.Semaphore(nthreads)  # async tasks running at once
@@ -155,18 +165,21 @@ class Worker:
             try:
                 _current_client.set(client)  # this task's context (and its threads')
                 fn, args, kwargs = self._load_task(client, message)
-                if not inspect.iscoroutinefunction(fn):
+                if scope.cancel_called:
+                    pass  # aborted before it started: it never runs
+                elif not _is_async(fn):
                     call = ThreadCall(key, fn, args, kwargs)
                     self._running[key] = call  # an abort now reaches the lane's call
                     self._lanes.submit(call)
                     return  # the lane reports (see _thread_call_ended)
-                async with self._slots:  # pushed tasks beyond the slots wait here
-                    result = await fn(*args, **kwargs)
-                data = client._serializer.dumps_item(result)
+                else:
+                    async with self._slots:  # pushed tasks beyond the slots wait here
+                        result = await fn(*args, **kwargs)
+                    data = client._serializer.dumps_item(result)
             except Exception as exc:
                 ok, data = False, self._describe_failure(exc)
         del self._running[key]
-        self._report(key, None if scope.cancelled_caught else (ok, data))
+        self._report(key, None if scope.cancel_called else (ok, data))
 
     def _thread_call_ended(self, call: ThreadCall, outcome: tuple[bool, Any] | None) -> None:
         """In the trio thread, from a lane: a plain-function task returned (or was skipped)."""

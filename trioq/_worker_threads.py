@@ -59,13 +59,13 @@ class ThreadLanes:
         self._nthreads = nthreads
         self._report = report
         self._queue: deque[ThreadCall] = deque()
-        self._arrived = trio.Event()
+        self._idle = trio.lowlevel.ParkingLot()  # lanes with nothing to do wait here
         self._limiter = trio.CapacityLimiter(nthreads)
 
     def submit(self, call: ThreadCall) -> None:
         """Queue a call for the next free lane (never blocks)."""
         self._queue.append(call)
-        self._arrived.set()
+        self._idle.unpark_all()  # every idle lane takes its share of what is queued
 
     async def run(self) -> None:
         """The lanes; run in the worker's nursery until it is cancelled."""
@@ -77,8 +77,7 @@ class ThreadLanes:
     async def _lane(self, token: trio.lowlevel.TrioToken) -> None:
         while True:
             while not self._queue:
-                self._arrived = trio.Event()
-                await self._arrived.wait()
+                await self._idle.park()
             # Share what is queued among the lanes, so none idles while calls wait.
             size = min(LANE_BATCH, max(1, math.ceil(len(self._queue) / self._nthreads)))
             batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]

@@ -39,6 +39,7 @@ for a client whose connection broke or that was closed.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,7 @@ import outcome
 import trio
 
 from ._exceptions import collapse_single_groups
-from ._future import Future, _forget, scatter_value, submit
-from ._pickling import pickle_dumps
+from ._future import Future, _forget, _pickle_function, scatter_value, submit
 from ._serialize import Pickled
 from ._task_messages import TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from ._client import Client, _Pending
 
 __all__ = ["scatter", "map", "gather", "multiplex", "merge", "DEFAULT_BUFFER"]
+
+logger = logging.getLogger("trioq.streams")
 
 DEFAULT_BUFFER = 16  # items each stage may hold ahead of its consumer
 
@@ -167,10 +169,8 @@ async def _next(source: trio.abc.ReceiveChannel[Any]) -> outcome.Outcome[Any] | 
     None at the end."""
     try:
         return outcome.Value(await source.receive())
-    except trio.EndOfChannel:
-        return None
-    except (trio.Cancelled, trio.ClosedResourceError, trio.BrokenResourceError):
-        raise
+    except (trio.EndOfChannel, trio.ClosedResourceError):
+        return None  # ended, or closed (by this stage's own teardown)
     except Exception as exc:
         return outcome.Error(exc)
 
@@ -198,9 +198,21 @@ def _start(client: Client, buffer: int, pump: Callable[..., Any], *args: Any) ->
                     await pump(*args, send)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the consumer left, or the client is closing
+            except Exception as exc:  # a pump must never take its client down
+                logger.exception("trioq stream stage failed")
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                    send.send_nowait(outcome.Error(exc))  # the consumer hears of it
 
     nursery.start_soon(run)
     return _Output(receive, scope)
+
+
+async def _started(client: Client, buffer: int, pump: Callable[..., Any], *args: Any) -> _Output:
+    """``_start`` as a checkpoint: a cancelled caller starts nothing (no stage outlives it)."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    output = _start(client, buffer, pump, *args)
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return output
 
 
 async def _emit(send: trio.MemorySendChannel[outcome.Outcome[Any]], result: Any) -> None:
@@ -228,9 +240,7 @@ async def scatter(
     until the client closes.
     """
     _check_source(source)
-    output = _start(client, buffer, _scatter_pump, client, source)
-    await trio.lowlevel.checkpoint()
-    return output
+    return await _started(client, buffer, _scatter_pump, client, source)
 
 
 async def _scatter_pump(
@@ -271,10 +281,8 @@ async def map(
     _check_source(source)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    pickled = Pickled(pickle_dumps(fn))
-    output = _start(client, buffer, _map_pump, client, fn, pickled, source, options)
-    await trio.lowlevel.checkpoint()
-    return output
+    pickled = _pickle_function(fn)
+    return await _started(client, buffer, _map_pump, client, fn, pickled, source, options)
 
 
 async def _map_pump(
@@ -314,9 +322,7 @@ async def gather(
     """
     _check_source(source)
     window = _check_buffer(buffer)
-    output = _start(client, window, _gather_pump, client, source, window)
-    await trio.lowlevel.checkpoint()
-    return output
+    return await _started(client, window, _gather_pump, client, source, window)
 
 
 _Entry = tuple[Future | None, Any]  # a future and its pending read, or None and an outcome
@@ -429,14 +435,15 @@ async def multiplex(
     _check_buffer(buffer)
     pairs = [trio.open_memory_channel[outcome.Outcome[Any]](buffer) for _ in range(n)]
     branches = [_Output(receive) for _, receive in pairs]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_tee_pump, source, [send for send, _ in pairs])
-        try:
-            yield branches
-        finally:
-            for branch in branches:
-                branch.close()
-            nursery.cancel_scope.cancel()
+    with collapse_single_groups():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_tee_pump, source, [send for send, _ in pairs])
+            try:
+                yield branches
+            finally:
+                for branch in branches:
+                    branch.close()
+                nursery.cancel_scope.cancel()
 
 
 async def _tee_pump(
@@ -448,13 +455,19 @@ async def _tee_pump(
         while live and (item := await _next(source)) is not None:
             if isinstance(item, outcome.Value) and isinstance(item.value, Future):
                 item.value._shares += len(live) - 1
-            for output in list(live):
+            targets = list(live)
+            for index, output in enumerate(targets):
                 copy = _copy(item)  # an outcome is unwrapped once: one per branch
                 try:
                     await output.send(copy)
                 except trio.BrokenResourceError:
                     live.remove(output)
                     _discard(copy)
+                except BaseException:  # torn down: give up this share and the rest
+                    _discard(copy)
+                    for _ in targets[index + 1 :]:
+                        _discard(_copy(item))
+                    raise
     finally:
         for output in outputs:
             output.close()
@@ -487,15 +500,22 @@ async def merge(
     for source in sources:
         _check_source(source)
     send, receive = trio.open_memory_channel[outcome.Outcome[Any]](_check_buffer(buffer))
-    async with trio.open_nursery() as nursery:
-        output = _Output(receive, nursery.cancel_scope)
-        async with send:
-            for source in sources:
-                nursery.start_soon(_forward, source, send.clone())
-        try:
-            yield output
-        finally:
-            output.close()
+    forwarding = trio.CancelScope()  # the forwarders' own: closing the output ends them
+    output = _Output(receive, forwarding)
+
+    async def forward_all() -> None:
+        with forwarding:
+            async with send, trio.open_nursery() as nursery:
+                for source in sources:
+                    nursery.start_soon(_forward, source, send.clone())
+
+    with collapse_single_groups():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward_all)
+            try:
+                yield output
+            finally:
+                output.close()
 
 
 async def _forward(
