@@ -160,6 +160,9 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
 async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
     from ._worker import Worker
 
+    from ._client import _resolve_token
+
+    token = _resolve_token(args.address, token)  # no token: say so before "joining"
     worker = Worker(
         args.address, token=token, name=args.name, nthreads=args.nthreads, series=args.series
     )
@@ -221,7 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, TrioqError) as exc:
+    except OSError as exc:
+        print(f"trioq {args.command}: {exc}", file=sys.stderr)
+        address = getattr(args, "address", None)
+        if address and exc.filename is None:  # a network error, not a missing file
+            print(f"  (is a trioq scheduler running at {address}?)", file=sys.stderr)
+        return 2
+    except (ValueError, TrioqError) as exc:
         print(f"trioq {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -355,7 +355,7 @@ async def demo_channel(address: str, n: int) -> None:
     print(f"  the combiner read them in pairs and added each pair on a worker: sum {total:,}")
     print(
         f"  a replay read the same {2 * n:,} elements in the same order; "
-        f"each emitter's kept its order"
+        f"each emitter's elements kept their order"
     )
     print(f"  {_rate(2 * n, elapsed, 'elements')}")
 
