@@ -777,7 +777,7 @@ async def test_closing_a_merge_inside_its_block_ends_the_merge_not_the_block() -
 
 @pytest.mark.parametrize("stage", ["scatter", "map", "gather"])
 async def test_a_stage_whose_start_is_cancelled_leaves_no_pump_behind(stage: str) -> None:
-    async with cluster_and_client() as (cluster, client):
+    async with cluster_and_client() as (_, client):
         baseline = pumps(client)
         send, source = trio.open_memory_channel[Any](1)
         with trio.CancelScope() as scope:

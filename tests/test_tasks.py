@@ -660,30 +660,34 @@ async def test_bad_task_options_are_refused_by_submit_before_anything_is_sent() 
 
 
 async def test_cancel_of_a_refused_future_raises_its_refusal_and_spares_the_other_task() -> None:
-    async with cluster_and_client(workers=0) as (cluster, client):
-        async with trioq.connect(cluster.address, name="other") as other:
-            with trio.fail_after(WAIT):
-                theirs = await other.submit(add, 1, key="shared")
-                await other.status()  # applied first
-                mine = await client.submit(add, 2, key="shared")
-                with pytest.raises(ValueError, match="exists already"):
-                    await mine
-                with pytest.raises(ValueError, match="exists already"):
-                    await mine.cancel()
-                await client.status()
-                assert cluster.scheduler.state.tasks._tasks["shared"].status == "pending"
-                assert not theirs.done()
+    async with (
+        cluster_and_client(workers=0) as (cluster, client),
+        trioq.connect(cluster.address, name="other") as other,
+    ):
+        with trio.fail_after(WAIT):
+            theirs = await other.submit(add, 1, key="shared")
+            await other.status()  # applied first
+            mine = await client.submit(add, 2, key="shared")
+            with pytest.raises(ValueError, match="exists already"):
+                await mine
+            with pytest.raises(ValueError, match="exists already"):
+                await mine.cancel()
+            await client.status()
+            assert cluster.scheduler.state.tasks._tasks["shared"].status == "pending"
+            assert not theirs.done()
 
 
 async def test_gather_refuses_what_is_not_a_future_and_futures_of_two_clients() -> None:
-    async with cluster_and_client() as (cluster, client):
-        async with trioq.connect(cluster.address, name="other") as other:
-            with trio.fail_after(WAIT):
-                with pytest.raises(TypeError, match="gather expects futures, got int"):
-                    await client.gather([1])  # type: ignore[list-item]
-                mine, theirs = await client.submit(add, 1), await other.submit(add, 2)
-                with pytest.raises(ValueError, match="futures of one client"):
-                    await client.gather([mine, theirs])
+    async with (
+        cluster_and_client() as (cluster, client),
+        trioq.connect(cluster.address, name="other") as other,
+    ):
+        with trio.fail_after(WAIT):
+            with pytest.raises(TypeError, match="gather expects futures, got int"):
+                await client.gather([1])  # type: ignore[list-item]
+            mine, theirs = await client.submit(add, 1), await other.submit(add, 2)
+            with pytest.raises(ValueError, match="futures of one client"):
+                await client.gather([mine, theirs])
 
 
 @asynccontextmanager

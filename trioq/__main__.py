@@ -158,9 +158,8 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
 
 
 async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
-    from ._worker import Worker
-
     from ._client import _resolve_token
+    from ._worker import Worker
 
     token = _resolve_token(args.address, token)  # no token: say so before "joining"
     worker = Worker(
