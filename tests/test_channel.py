@@ -973,3 +973,20 @@ async def test_a_trimmed_future_is_forgotten_once_nothing_else_holds_it() -> Non
                     assert await order.future == 7
             await procs.poll_until(lambda: read_too.key not in tasks_of(cluster))
             cluster.scheduler.state.validate()
+
+
+async def test_the_status_command_lists_channels_and_queue_subscribers() -> None:
+    from trioq.__main__ import format_status
+
+    async with trioq.open_cluster() as cluster, trioq.connect(cluster.address) as client:
+        with trio.fail_after(WAIT):
+            news = client.channel("news", maxlen=2)
+            await news.extend(["a", "b", "c"])
+            await news.flush()
+            await client.queue("jobs").put(1)
+            text = format_status(await client.status())
+    channels = text.split("channels:")[1].split("clients:")[0]
+    header, row = channels.strip().splitlines()
+    assert header.split() == ["name", "length", "appended", "maxlen", "readers", "stopped"]
+    assert row.split() == ["news", "2", "3", "2", "0", "False"]
+    assert "subscribers" in text.split("queues:")[1].split("variables:")[0]

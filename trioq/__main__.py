@@ -186,13 +186,16 @@ def _format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def format_status(report: dict[str, Any]) -> str:
     """The ``status`` command's readable tables."""
     queue_columns = ["name", "size", "maxsize", "leased", "getters", "putters"]
-    queue_columns += ["senders", "receivers", "closed"]
+    queue_columns += ["senders", "receivers", "subscribers", "closed"]
+    channel_columns = ["name", "length", "appended", "maxlen", "readers", "stopped"]
     return "\n".join(
         [
             "queues:",
             _format_table(report["queues"], queue_columns),
             "variables:",
             "  " + (", ".join(report["variables"]) or "(none)"),
+            "channels:",
+            _format_table(report.get("channels", []), channel_columns),
             "clients:",
             _format_table(report["clients"], ["id", "name", "address", "leases"]),
             "workers:",
