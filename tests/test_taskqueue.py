@@ -18,7 +18,9 @@ a timeout, so a failing test never leaves a thread behind for long.
 Every wait is bounded by ``trio.fail_after``; nothing synchronises by
 sleeping.  Where a test must know a call is queued it watches ``len(queue)``
 (calls queued or running); where it must know nothing more will happen by
-itself it uses ``trio.testing.wait_all_tasks_blocked``.
+itself it uses ``trio.testing.wait_all_tasks_blocked``, which sees trio
+tasks only: a producer in a thread is observed directly instead (the
+stream's channel says when it waits for room).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ LOGGER = "trioq.taskqueue"
 STREAM_AHEAD = 2 * 16 + 2
 STREAM_ITEMS = 200
 QUIET = 0.05  # seconds all tasks stay blocked before a producer counts as stalled
+PROMPT = 2.0  # seconds within which something that waits for nothing must be done
 
 
 class Shared:
@@ -64,6 +67,8 @@ class Shared:
         self.ran: list[str] = []  # what the tasks did, in order
         self.calls: defaultdict[str, int] = defaultdict(int)  # runs per name
         self.produced = 0  # items streaming generators have made
+        self.consumed = 0  # items the test has read from a stream
+        self.lead = 0  # the most items a watched generator was ever ahead of the reader
 
     def event(self, name: str) -> trio.Event:
         return self.events[name]
@@ -294,6 +299,22 @@ async def async_count_up(n: int) -> AsyncIterator[int]:
     for i in range(n):
         await trio.lowlevel.checkpoint()
         SHARED.produced += 1
+        yield i
+
+
+def count_up_watched(n: int) -> Iterator[int]:
+    """``count_up`` that also records its largest lead over the reader."""
+    for i in range(n):
+        SHARED.produced += 1
+        SHARED.lead = max(SHARED.lead, SHARED.produced - SHARED.consumed)
+        yield i
+
+
+async def async_count_up_watched(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        await trio.lowlevel.checkpoint()
+        SHARED.produced += 1
+        SHARED.lead = max(SHARED.lead, SHARED.produced - SHARED.consumed)
         yield i
 
 
@@ -582,13 +603,59 @@ async def test_a_streamed_generator_yields_its_items_in_order(kind: Kind, flavou
             assert await queue.call(add, 1) == 1  # the worker is free again
 
 
+def waiting_for_room(receiver: Any) -> bool:
+    """A ``ThreadWorker`` stream's producer is blocked: its channel is full and it waits.
+
+    Reads the ``CallStream``'s private memory channel: the one place that
+    knows, whether the producer is a thread or a trio task.
+    """
+    stats = receiver._receive.statistics()
+    return bool(stats.tasks_waiting_send) and stats.current_buffer_used == stats.max_buffer_size
+
+
 @sync_and_async
-async def test_a_streaming_producer_stays_a_bounded_number_of_items_ahead_of_a_slow_consumer(
-    kind: Kind, flavour: str
+async def test_a_thread_workers_streaming_producer_blocks_a_bounded_number_of_items_ahead(
+    flavour: str,
 ) -> None:
-    fn = generator(flavour, count_up, async_count_up)
+    fn = generator(flavour, count_up_watched, async_count_up_watched)
+    stalls = []
+    async with trioq.TaskQueue(trioq.ThreadWorker()) as queue:
+        with trio.fail_after(WAIT):
+            receiver = await queue.call(fn, STREAM_ITEMS)
+            items: list[int] = []
+            async with receiver:
+                while len(items) < STREAM_ITEMS:
+                    # The reader stalls until the producer is blocked (or done): from then
+                    # on it cannot make another item until the reader takes one.
+                    await procs.poll_until(
+                        lambda: waiting_for_room(receiver) or SHARED.produced == STREAM_ITEMS
+                    )
+                    if SHARED.produced < STREAM_ITEMS:
+                        stalls.append(SHARED.produced - len(items))
+                    for _ in range(min(60, STREAM_ITEMS - len(items))):
+                        items.append(await receiver.receive())
+                        SHARED.consumed += 1
+                with pytest.raises(trio.EndOfChannel):
+                    await receiver.receive()
+    assert items == list(range(STREAM_ITEMS))
+    assert len(stalls) == 4, f"the producer was caught blocked only {len(stalls)} times"
+    assert max(stalls) <= STREAM_AHEAD, f"the producer was blocked only {stalls} items ahead"
+    assert SHARED.lead <= STREAM_AHEAD, f"the producer once ran {SHARED.lead} items ahead"
+
+
+@sync_and_async
+async def test_a_remote_streaming_producer_stays_a_bounded_number_of_items_ahead(
+    flavour: str,
+) -> None:
+    # The producer runs on the cluster's worker, in this trio run; the sync
+    # flavour's next() runs in a thread there, which wait_all_tasks_blocked
+    # cannot see: the generator's own record of its lead backs the check up.
+    fn = generator(flavour, count_up_watched, async_count_up_watched)
     leads = []
-    async with trioq.TaskQueue(kind.new()) as queue:
+    async with (
+        trioq.open_cluster(workers=1) as cluster,
+        trioq.TaskQueue(trioq.RemoteWorker(cluster.address)) as queue,
+    ):
         with trio.fail_after(WAIT):
             receiver = await queue.call(fn, STREAM_ITEMS)
             items: list[int] = []
@@ -599,11 +666,13 @@ async def test_a_streaming_producer_stays_a_bounded_number_of_items_ahead_of_a_s
                     leads.append(SHARED.produced - len(items))
                     for _ in range(min(60, STREAM_ITEMS - len(items))):
                         items.append(await receiver.receive())
+                        SHARED.consumed += 1
                 with pytest.raises(trio.EndOfChannel):
                     await receiver.receive()
     assert items == list(range(STREAM_ITEMS))
     assert SHARED.produced == STREAM_ITEMS
     assert max(leads) <= STREAM_AHEAD, f"the producer ran ahead by {leads}"
+    assert SHARED.lead <= STREAM_AHEAD, f"the producer once ran {SHARED.lead} items ahead"
 
 
 @sync_and_async
@@ -848,6 +917,56 @@ async def test_an_update_runs_on_every_attached_worker_and_first_on_workers_atta
     assert SHARED.ran == ["u1", "u2", "blocker", "u1", "u2", "call"]
 
 
+async def test_an_update_waits_for_a_busy_workers_slot_then_runs_ahead_of_queued_calls() -> None:
+    async with trioq.TaskQueue(trioq.ThreadWorker()) as queue, trio.open_nursery() as nursery:
+        callers = Callers(queue, nursery)
+        with trio.fail_after(WAIT):
+            await start_blocker(callers)  # an async call: the slot is taken, the thread is not
+            await callers.submit("queued", async_log, "queued")
+            updated = trio.Event()
+
+            async def update() -> None:
+                await queue.update(async_log, "update")
+                updated.set()
+
+            nursery.start_soon(update)
+            await trio.testing.wait_all_tasks_blocked()
+            assert SHARED.ran == ["blocker"], "the update ran beside the worker's call"
+            SHARED.event("blocker:go").set()
+            await updated.wait()
+            assert await callers.result("queued") == "queued"
+    assert SHARED.ran == ["blocker", "update", "queued"]
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["detach", "crash"])
+async def test_an_update_still_queued_for_a_worker_that_is_detached_ends_without_running(
+    crash: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with trioq.TaskQueue(trioq.ThreadWorker()) as queue, trio.open_nursery() as nursery:
+        callers = Callers(queue, nursery)
+        with trio.fail_after(WAIT):
+            await start_blocker(callers)
+            updated = trio.Event()
+
+            async def update() -> None:
+                await queue.update(async_log, "update")
+                updated.set()
+
+            nursery.start_soon(update)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(functools.partial(queue.detach_worker, 1, crash=crash))
+            await updated.wait()  # while the blocker still runs (detach=False waits for it)
+            SHARED.event("blocker:go").set()
+            if crash:
+                with pytest.raises(trioq.WorkerLostError):
+                    await callers.result("blocker")
+            else:
+                assert await callers.result("blocker") == "blocker"
+            assert len(queue) == 0
+    assert SHARED.ran == ["blocker"]
+    assert any("update" in r.getMessage() for r in records(caplog, logging.WARNING))
+
+
 async def test_an_update_with_no_worker_attached_is_kept_for_the_next_one() -> None:
     async with trioq.TaskQueue() as queue:
         with trio.fail_after(WAIT):
@@ -900,6 +1019,56 @@ async def test_shutdown_refuses_new_calls_and_lets_queued_and_running_ones_finis
             assert await callers.result("queued") == "queued"
             await finished.wait()
     assert SHARED.ran == ["blocker", "queued"]
+
+
+def never_answer_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process cluster carries out task cancels and queue deletes, never answering."""
+    from trioq._instructions import Fail, Reply
+    from trioq._messages import QueueDelete
+    from trioq._state import SchedulerState
+    from trioq._task_messages import TaskCancel
+
+    handle = SchedulerState.handle
+
+    def silent(self: SchedulerState, conn: int, request_id: int, message: Any) -> Any:
+        out = handle(self, conn, request_id, message)
+        if isinstance(message, (TaskCancel, QueueDelete)):
+            out = [o for o in out if not (isinstance(o, (Reply, Fail)) and o.conn == conn)]
+        return out
+
+    monkeypatch.setattr(SchedulerState, "handle", silent)
+
+
+@pytest.mark.parametrize("how", ["shutdown", "detach-crash"])
+async def test_stopping_a_remote_worker_cancels_its_calls_without_waiting_for_the_cluster(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    never_answer_cleanup(monkeypatch)
+    names = ["a", "b", "c"]
+    async with (
+        trioq.open_cluster(workers=1, nthreads=len(names)) as cluster,
+        trio.open_nursery() as nursery,
+    ):
+        worker = trioq.RemoteWorker(cluster.address, slots=len(names))
+        async with trioq.TaskQueue(worker, timeout=0) as queue:
+            callers = Callers(queue, nursery)
+            with trio.fail_after(WAIT):
+                for name in names:
+                    callers.start(name, watch_cancellation, name)
+                for name in names:
+                    await SHARED.event(f"{name}:started").wait()
+                started = trio.current_time()
+                if how == "shutdown":
+                    await queue.shutdown()
+                else:
+                    assert len(await queue.detach_worker(1, crash=True)) == len(names)
+                elapsed = trio.current_time() - started
+                assert elapsed < PROMPT, f"{how} took {elapsed:.1f}s"
+                lost = trioq.TaskCancelledError if how == "shutdown" else trioq.WorkerLostError
+                for name in names:
+                    with pytest.raises(lost):
+                        await callers.result(name)
+                    await SHARED.event(f"{name}:cancelled").wait()  # cancelled on the cluster
 
 
 async def test_shutdown_with_a_stuck_call_returns_after_the_queues_timeout_and_cancels_it() -> None:

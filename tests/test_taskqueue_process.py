@@ -28,11 +28,14 @@ import trio
 import trio.testing
 
 import trioq
+from trioq._impl import core
 
 WAIT = 10.0  # seconds any one step may take, child start-up included
 STREAM_AHEAD = 2 * 16 + 2  # as in test_taskqueue: a buffer of 16 each side, an item in hand
 STREAM_ITEMS = 200
 QUIET = 0.05  # seconds all tasks stay blocked before the child counts as stalled
+FRAME_LIMIT = core.DEFAULT_MAX_FRAME_SIZE  # bytes a frame between parent and child may carry
+TOO_BIG = rf"pickles to \d+ bytes, more than a frame may carry \({FRAME_LIMIT} bytes\)"
 
 
 def running(pid: int) -> bool:
@@ -207,6 +210,19 @@ def make_kill_my_process() -> Callable[[str], None]:
     return kill_my_process
 
 
+def make_too_big() -> Callable[[str, int], Any]:
+    def too_big(what: str, size: int) -> Any:
+        """Return, raise or stream something of ``size`` bytes."""
+        data = b"x" * size
+        if what == "result":
+            return data
+        if what == "error":
+            raise ValueError(data)
+        return iter([b"small", data])
+
+    return too_big
+
+
 PID = make_pid()
 ASYNC_PID = make_async_pid()
 DIVIDE = make_divide()
@@ -217,6 +233,7 @@ WATCH_CANCELLATION = make_watch_cancellation()
 STUCK = make_stuck()
 STUCK_ON_FIRST_RUN = make_stuck_on_first_run()
 KILL_MY_PROCESS = make_kill_my_process()
+TOO_BIG_FN = make_too_big()
 
 
 async def marker_pid(path: Path) -> int:
@@ -297,6 +314,42 @@ async def test_closing_the_receiver_early_stops_the_generator_in_the_child(
             assert len(queue) == 0
 
 
+@pytest.mark.parametrize("what", ["result", "error", "item"])
+async def test_a_process_outcome_over_the_frame_limit_fails_the_call_and_the_child_lives_on(
+    what: str,
+) -> None:
+    worker = trioq.ProcessWorker()
+    async with trioq.TaskQueue(worker) as queue:
+        with trio.fail_after(WAIT):
+            pid = await queue.call(PID)
+            if what == "item":
+                receiver = await queue.call(TOO_BIG_FN, what, FRAME_LIMIT)
+                async with receiver:
+                    assert await receiver.receive() == b"small"
+                    with pytest.raises(trioq.SerializationError, match=TOO_BIG):
+                        await receiver.receive()
+            else:
+                with pytest.raises(trioq.SerializationError, match=TOO_BIG) as caught:
+                    await queue.call(TOO_BIG_FN, what, FRAME_LIMIT)
+                assert f"the call's {'result' if what == 'result' else 'exception'}" in str(
+                    caught.value
+                )
+            assert await queue.call(PID) == pid  # the same child, once: no rerun
+    assert worker._inboxes == {}
+
+
+async def test_a_process_call_over_the_frame_limit_fails_at_once_and_the_worker_goes_on() -> None:
+    worker = trioq.ProcessWorker()
+    async with trioq.TaskQueue(worker) as queue:
+        with trio.fail_after(WAIT):
+            pid = await queue.call(PID)
+            with pytest.raises(trioq.SerializationError, match=TOO_BIG):
+                await queue.call(len, b"x" * FRAME_LIMIT)
+            assert worker._inboxes == {}  # no inbox left for a request never sent
+            assert await queue.call(PID) == pid
+            assert len(queue) == 0
+
+
 # -- timeouts, crashes, shutdown --------------------------------------------------------------
 
 
@@ -349,6 +402,49 @@ async def test_a_call_whose_child_is_killed_runs_again_on_another_worker(tmp_pat
             (left,) = queue.workers()  # the dead worker was detached
             assert queue.workers(left) is survivor
             await procs.poll_until(lambda: not running(killed))
+            await trio.testing.wait_all_tasks_blocked()
+            # Nothing waits for the dead child to report the stopped call.
+            assert victim._abandoned == {} and victim._inboxes == {}
+
+
+async def test_a_stream_stopped_after_its_child_died_leaves_the_worker_nothing_to_wait_for() -> (
+    None
+):
+    # The worker's internal protocol, driven directly: a streamed run blocked
+    # handing an item on (nobody reads) outlives its child, then is cancelled.
+    from trioq._taskqueue_workers import _Sink
+
+    worker = trioq.ProcessWorker()
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            died = trio.Event()
+            await worker._open(nursery, died.set)
+            opened = trio.Event()
+
+            def on_open(stream: Any) -> bool:
+                opened.set()
+                return True  # a reader exists (it never reads)
+
+            sink = _Sink(on_open=on_open)
+            run = trio.CancelScope()
+
+            async def stream() -> None:
+                with run:
+                    await worker._run(ENDLESS, (os.devnull,), {}, sink)
+
+            nursery.start_soon(stream)
+            await opened.wait()
+            await trio.testing.wait_all_tasks_blocked()  # blocked in sink.send
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGKILL)
+            await died.wait()
+            assert worker._done is not None
+            await worker._done.wait()  # the child is reaped, the worker is dead
+            run.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert worker._abandoned == {}
+            await worker._ready()  # nothing to wait for
+            await worker._close(crash=True)
 
 
 async def test_a_call_that_kills_every_child_it_runs_in_fails_after_three_deaths(

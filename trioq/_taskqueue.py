@@ -5,10 +5,11 @@ Rules:
 * Every dispatch decision is the core ``PriorityScheduler``'s, pull policy:
   a worker asks for one call per slot that is really free (a cancelled
   thread call keeps its slot until the thread returns), so no worker is
-  ever oversubscribed.  Core priority is ``-((niceness + 20) << 48) - tag``:
-  niceness first, then a start-time fair queueing tag per series (``tag =
-  max(last tag of the series + 1, tag of the last call dispatched)``), so a
-  long series cannot starve calls of another one submitted later.
+  ever oversubscribed.  Priorities come from ``FairTags`` (niceness, then
+  start-time fair queueing across series).  An update is a call pinned to
+  one worker (a private series only that worker is qualified for), ahead of
+  every other call; a worker being attached runs the remembered updates
+  before the core knows it.
 * Everything the queue starts (one runner task per dispatched call, every
   worker's own tasks and child processes) lives in one nursery held by a
   service task.  ``shutdown`` cancels it and joins it, shielded, even when
@@ -55,7 +56,6 @@ log = logging.getLogger("trioq.taskqueue")
 # workers died running it, it fails (as a cluster task does: see _tasks).
 MAX_DEATHS = 3
 CLOSE_TIMEOUT = 10.0  # seconds shutdown gives the workers to stop before cancelling them
-_TAG_BITS = 48
 
 AnyWorker = ThreadWorker | ProcessWorker | RemoteWorker
 
@@ -65,6 +65,37 @@ class _Default(enum.Enum):
 
 
 _NEW, _RUNNING, _CLOSING, _CLOSED = range(4)
+_PINNED = object()  # with a worker id: the private series of that worker's updates
+
+
+class FairTags:
+    """Core priorities for calls, sans-IO: niceness first, then fair queueing by series.
+
+    Rule (start-time fair queueing): a call of series ``s`` gets the tag
+    ``max(last tag given to s + 1, vtime)``, where ``vtime`` is the tag of the
+    call dispatched last; calls without a series count as one more series.
+    So series take turns, and one that was idle gets no credit for it: a
+    long series cannot starve one submitted later.  The core priority is
+    ``-((niceness + 20) << 48) - tag`` (the core runs the highest first, FIFO
+    among equals); ``UPDATE`` is above every call.  O(1) per call.
+    """
+
+    UPDATE = 1
+    _TAG_BITS = 48
+
+    def __init__(self) -> None:
+        self.vtime = 0
+        self._last: dict[str | None, int] = {}
+
+    def submit(self, niceness: int, series: str | None) -> tuple[int, int]:
+        """Tag a new call; returns ``(tag, core priority)``."""
+        tag = max(self._last.get(series, -1) + 1, self.vtime)
+        self._last[series] = tag
+        return tag, -((niceness + 20) << self._TAG_BITS) - tag
+
+    def dispatched(self, tag: int) -> None:
+        """A call with ``tag`` went to a worker: virtual time moves on."""
+        self.vtime = max(self.vtime, tag)
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,7 @@ class _Call:
     value: Any = None
     error: BaseException | None = None
     queue_error: bool = False  # cancelled/lost: raised even if return_failure is False
+    pinned: _Handle | None = None  # an update's: the one worker it runs on
 
 
 @dataclass(eq=False)
@@ -107,6 +139,12 @@ class _Handle:
     idle: trio.Event = field(default_factory=trio.Event)  # set when ``running`` empties
     detached: bool = False
     closed: trio.Event = field(default_factory=trio.Event)  # set once detached gracefully
+    pinned: set[_Call] = field(default_factory=set)  # its updates not yet over
+
+    @property
+    def pin(self) -> tuple[object, int]:
+        """The private series of this worker's updates."""
+        return (_PINNED, self.id)
 
 
 class TaskQueue:
@@ -143,8 +181,7 @@ class TaskQueue:
         self._updates: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._next_key = 0
         self._next_worker = 1
-        self._vtime = 0  # tag of the last call dispatched
-        self._last_tag: dict[str | None, int] = {}
+        self._fair = FairTags()
         self._drained: trio.Event | None = None  # set when the last call leaves (shutdown)
         self._joined = trio.Event()  # set when the service nursery has ended
         self._nursery: trio.Nursery | None = None
@@ -205,7 +242,7 @@ class TaskQueue:
         return self.is_running()
 
     def __len__(self) -> int:
-        """Calls queued or running (a stream counts until its generator ends)."""
+        """Calls queued or running, updates included (a stream counts until its generator ends)."""
         return len(self._calls)
 
     def __repr__(self) -> str:
@@ -315,7 +352,7 @@ class TaskQueue:
                 with trio.CancelScope(shield=True):
                     await worker._close(crash=True)
         self._workers[handle.id] = handle
-        self._sched.add_worker(handle.id, worker.slots, worker.series)
+        self._sched.add_worker(handle.id, worker.slots, {*worker.series, handle.pin})
         self._sched.request_work(handle.id, worker.slots)
         if self._verbose:
             log.info("attached worker %d: %r", handle.id, worker)
@@ -344,6 +381,7 @@ class TaskQueue:
         handle.detached = True
         if self._verbose:
             log.info("detaching worker %d (reassign=%s, crash=%s)", worker_id, reassign, crash)
+        self._drop_pinned(handle, running=crash)
         if not crash:
             self._sched.remove_worker(worker_id, requeue=False)  # its calls go on, outside
             self._nursery.start_soon(self._finish_detach, handle)
@@ -405,6 +443,7 @@ class TaskQueue:
         del self._workers[handle.id]
         handle.detached = True
         log.warning("worker %d (%r) died; it is detached", handle.id, handle.worker)
+        self._drop_pinned(handle, running=True)
         for key in self._sched.remove_worker(handle.id, requeue=True):
             self._lost(self._calls[key], queued=True)
         assert self._nursery is not None
@@ -415,11 +454,20 @@ class TaskQueue:
         await worker._close(crash=True)
         worker._attached = False
 
+    def _drop_pinned(self, handle: _Handle, *, running: bool) -> None:
+        """``handle`` is leaving: its queued updates (and running ones if ``running``) end."""
+        for call in list(handle.pinned):
+            if running or call.scope is None:
+                error = WorkerLostError(f"worker {handle.id} left before the update ended")
+                self._give_up(call, error)
+
     def _lost(self, call: _Call, *, queued: bool) -> None:
         """``call``'s worker died under it: run it again elsewhere, or give up."""
         self._disown(call)
         call.deaths += 1
-        if call.settled or call.deaths >= MAX_DEATHS:  # a stream cannot start over
+        if call.pinned is not None:  # an update runs on its worker or nowhere
+            self._give_up(call, WorkerLostError(f"worker {call.pinned.id} died running it"))
+        elif call.settled or call.deaths >= MAX_DEATHS:  # a stream cannot start over
             error = WorkerLostError(f"the call's worker died under it ({call.deaths} times)")
             self._give_up(call, error)
         elif not queued:
@@ -449,22 +497,17 @@ class TaskQueue:
         False), ``TypeError``/``ValueError`` for bad arguments, ``RuntimeError``
         before ``__aenter__``, ``trio.ClosedResourceError`` after ``shutdown``,
         ``trio.TooSlowError`` after ``timeout`` seconds, ``TaskCancelledError``
-        if the queue shut down first, ``WorkerLostError`` if its worker was
-        crashed or kept dying.  If cancelled (or timed out), a queued call is
-        withdrawn and a running one cancelled on its worker.
+        if the queue shut down before the call ended (queued, or still running
+        when ``shutdown``'s grace period ran out), ``WorkerLostError`` if its
+        worker was crashed or kept dying.  If cancelled (or timed out), a
+        queued call is withdrawn and a running one cancelled on its worker.
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if type(niceness) is not int or not -20 <= niceness <= 20:
             raise ValueError(f"niceness must be an int in -20..20, got {niceness!r}")
         self._check_open()
-        tag = max(self._last_tag.get(series, -1) + 1, self._vtime)
-        priority = -((niceness + 20) << _TAG_BITS) - tag
-        call = _Call(self._next_key, TaskInfo(fn, args, kwargs, niceness, series), tag, priority)
-        self._sched.add_task(call.key, call.priority, series)
-        self._next_key += 1
-        self._last_tag[series] = tag
-        self._calls[call.key] = call
+        call = self._submit(TaskInfo(fn, args, kwargs, niceness, series))
         self._dispatch()
         with trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
             try:
@@ -484,13 +527,17 @@ class TaskQueue:
     async def update(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run ``fn(*args, **kwargs)`` once on every attached worker, and remember it.
 
-        Every worker attached later runs the remembered updates, in order,
-        before its first call (a ``RemoteWorker`` runs it once, as one task).
-        Raises ``TypeError`` for a non-callable, ``RuntimeError`` before
-        ``__aenter__``, ``trio.ClosedResourceError`` after ``shutdown``, and
-        the first exception ``fn`` raised (unless ``return_failure`` is
-        False: logged).  If cancelled, the runs are cancelled; it stays
-        remembered.
+        On each worker it waits for a free slot, as a call does (no worker is
+        oversubscribed), but goes ahead of every queued call.  Every worker
+        attached later runs the remembered updates, in order, before its first
+        call (a ``RemoteWorker`` runs it once, as one task).  A worker that is
+        detached or dies before its run ends is skipped (logged).  Raises
+        ``TypeError`` for a non-callable, ``RuntimeError`` before
+        ``__aenter__``, ``trio.ClosedResourceError`` after ``shutdown``,
+        ``TaskCancelledError`` if the queue shut down before the runs ended,
+        and the first exception ``fn`` raised (unless ``return_failure`` is
+        False: logged).  If cancelled, the runs are withdrawn or cancelled on
+        their workers; it stays remembered.
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -498,24 +545,48 @@ class TaskQueue:
         self._updates.append((fn, args, kwargs))
         if self._verbose:
             log.info("update %s on %d workers", _name(fn), len(self._workers))
-        errors: list[Exception] = []
-
-        async def run_on(handle: _Handle) -> None:
-            try:
-                await handle.worker._run(fn, args, kwargs, _Sink())
-            except WorkerDied:
-                log.warning("worker %d died while running update %s", handle.id, _name(fn))
-            except Exception as exc:
-                errors.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for handle in list(self._workers.values()):
-                nursery.start_soon(run_on, handle)
+        info = TaskInfo(fn, args, kwargs, -20, None)
+        calls = [self._submit(info, pinned=handle) for handle in self._workers.values()]
+        self._dispatch()
+        try:
+            for call in calls:
+                await call.event.wait()
+            await trio.lowlevel.checkpoint()
+        except BaseException:
+            for call in calls:
+                self._withdraw(call)
+            raise
+        errors = []
+        for call in calls:
+            if isinstance(call.value, CallStream):
+                call.value.close()  # nobody reads an update's items
+            if isinstance(call.error, WorkerLostError):
+                log.warning("update %s did not run to its end: %s", _name(fn), call.error)
+            elif call.queue_error:
+                assert call.error is not None
+                raise call.error  # the queue shut down
+            elif call.error is not None:
+                errors.append(call.error)
         if errors:
             if self._return_failure:
                 raise errors[0]
             for error in errors:
                 log.error("update %s failed", _name(fn), exc_info=error)
+
+    def _submit(self, info: TaskInfo, pinned: _Handle | None = None) -> _Call:
+        """Queue a call in the core (an update if ``pinned``); ``_dispatch`` starts it."""
+        if pinned is None:
+            tag, priority = self._fair.submit(info.niceness, info.series)
+            series: Any = info.series
+        else:
+            tag, priority, series = 0, FairTags.UPDATE, pinned.pin
+        call = _Call(self._next_key, info, tag, priority, pinned=pinned)
+        self._sched.add_task(call.key, priority, series)
+        self._next_key += 1
+        self._calls[call.key] = call
+        if pinned is not None:
+            pinned.pinned.add(call)
+        return call
 
     # -- dispatch and runners ---------------------------------------------------------
 
@@ -524,7 +595,7 @@ class TaskQueue:
         for key, worker_id in self._sched.assignments():
             call = self._calls[key]
             handle = self._workers[worker_id]
-            self._vtime = max(self._vtime, call.tag)
+            self._fair.dispatched(call.tag)
             call.attempt += 1
             call.scope = trio.CancelScope()
             handle.running.add(call)
@@ -641,6 +712,8 @@ class TaskQueue:
         """``call`` is over: out of the core (its slot freed) and out of ``len``."""
         if self._calls.pop(call.key, None) is None:
             return
+        if call.pinned is not None:
+            call.pinned.pinned.discard(call)
         if call.key in self._sched:
             self._sched.cancel_task(call.key)
         if not self._calls and self._drained is not None:

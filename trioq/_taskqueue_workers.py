@@ -623,15 +623,19 @@ class RemoteWorker(_Worker):
             raise failed[0]
 
     async def _close(self, *, crash: bool) -> None:
-        """Stop reading; ``_serve`` cancels the tasks still running there and closes.
+        """Stop reading; ``_serve`` then cancels the tasks still running there and closes.
 
-        Crash or not, nothing here waits for the cluster's answers; ``crash``
-        also cancels the connection's scope at once.
+        Crash or not the same: the cancels are sent one way, nothing waits for
+        the cluster's answers, and closing the connection is bounded by
+        ``Client.aclose``.  (Cancelling the connection's scope at once would
+        lose the cancels: its writer would never send them.)  If this is
+        cancelled, the connection is cancelled too.
         """
         if self._done is None:
             return
         self._closing = True
         self._reading.cancel()
-        if crash:
+        try:
+            await self._done.wait()
+        finally:
             self._scope.cancel()
-        await self._done.wait()
