@@ -85,7 +85,7 @@ _ERRORS: dict[str, type[BaseException]] = {
 }
 
 _LOCAL_TOKENS: dict[str, str] = {}
-ACK_BATCH = 32  # acknowledgements that are sent at once ...
+ACK_BATCH = 64  # acknowledgements that are sent at once ...
 ACK_DELAY = 0.002  # ... or after this many seconds, whichever comes first
 PUT_BATCH_BYTES = 64 * 1024  # gathered credited puts are written at this size
 VERDICT_TIMEOUT = 10.0  # seconds a cancelled call waits for the scheduler's verdict
@@ -570,6 +570,17 @@ class Client:
         reply = decode_reply(ErrorReply, pending.payload)
         cls = _ERRORS.get(reply.kind)
         return cls(reply.message) if cls is not None else RemoteError(reply.kind, reply.message)
+
+    def _ack_one(self, lease: int) -> None:
+        """``_ack([lease])`` without the list (the single ``get``'s path)."""
+        acks = self._acks
+        acks.append(lease)
+        if self._connection.is_broken:
+            return
+        if len(acks) >= ACK_BATCH:
+            self._flush_pending()
+        else:
+            self._ack_armed.set()
 
     def _ack(self, leases: list[int], *, batch: int = ACK_BATCH) -> None:
         """Record consumed leases.
