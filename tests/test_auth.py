@@ -19,7 +19,7 @@ import trio
 import trioq
 import trioq._transport
 from trioq._auth import HANDSHAKE_MAX_FRAME, ClientHandshake
-from trioq._client import parse_address
+from trioq._connect import parse_address
 from trioq._impl import core
 from trioq._messages import (
     Auth,

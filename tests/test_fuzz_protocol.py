@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import trioq
 from trioq._auth import HANDSHAKE_MAX_FRAME, ClientHandshake
-from trioq._client import parse_address
+from trioq._connect import parse_address
 from trioq._impl import core
 from trioq._messages import (
     _REQUESTS,

@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 import trioq
-from trioq._client import register_local_token
+from trioq._connect import register_local_token
 from trioq._scheduler import Scheduler
 
 TIMEOUT = 10  # whole-test bound

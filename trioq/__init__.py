@@ -30,8 +30,9 @@ from ._impl import core_impl
 
 if TYPE_CHECKING:
     from ._channel import Channel, ChannelSubscription
-    from ._client import Client, connect
+    from ._client import Client
     from ._cluster import Cluster, open_cluster
+    from ._connect import connect
     from ._future import Future
     from ._pipe import Pipe, PipeEnd
     from ._queue import Queue, QueueReceiveChannel, QueueSendChannel
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
-    "connect": "._client",
+    "connect": "._connect",
     "Client": "._client",
     "open_cluster": "._cluster",
     "Cluster": "._cluster",

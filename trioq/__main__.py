@@ -158,10 +158,10 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
 
 
 async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
-    from ._client import _resolve_token
+    from ._connect import resolve_token
     from ._worker import Worker
 
-    token = _resolve_token(args.address, token)  # no token: say so before "joining"
+    token = resolve_token(args.address, token)  # no token: say so before "joining"
     worker = Worker(
         args.address, token=token, name=args.name, nthreads=args.nthreads, series=args.series
     )
@@ -211,7 +211,7 @@ def format_status(report: dict[str, Any]) -> str:
 
 
 async def _show_status(address: str, token: str | None) -> None:
-    from ._client import connect
+    from ._connect import connect
 
     async with connect(address, token=token, name="trioq status") as client:
         print(format_status(await client.status()))

@@ -1,10 +1,10 @@
-"""The client: one authenticated connection shared by queue and variable handles.
+"""The client: one authenticated connection shared by every handle made from it.
 
 Rules:
 
-* ``connect()`` is an async context manager; the connection's reader and
-  writer run in a nursery it owns, and leaving the block flushes what is
-  buffered (acknowledgements included) and joins them.
+* ``connect()`` (in ``_connect``) makes a ``Client`` and runs its reader and
+  writer in a nursery it owns; leaving the block flushes what is buffered
+  (acknowledgements included) and joins them.
 * Many requests can be outstanding at once, matched to answers by request
   id.  ``request`` waits for the answer; what a cancel scope does to a
   waiting request is chosen per call site (``abandon``, ``withdraw`` or
@@ -12,28 +12,29 @@ Rules:
 * Acknowledgements of consumed items are batched and always written
   before any later request, so the scheduler sees them in order.
 * Once the connection breaks, every waiting and later call raises
-  ``trio.BrokenResourceError`` with the cause attached.
+  ``trio.BrokenResourceError`` with the cause attached; once the client is
+  closed, ``trio.ClosedResourceError``.
+* Unsolicited notices (credit, pushed items, task ends, task assignments
+  for a worker) are routed by the reader to the handle they concern.
+
+The client is the hub every handle talks through, so it is the largest
+module; the streaming, task and queue logic lives with those handles.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
-from ._auth import TOKEN_ENV
 from ._exceptions import (
     LocalProtocolError,
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
-    collapse_single_groups,
 )
 from ._future import Future
 from ._impl import core
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
     from ._simple_queue import Mode, SimpleQueue
     from ._variable import Variable
 
-__all__ = ["Client", "connect", "parse_address", "register_local_token"]
+__all__ = ["Client"]
 
 M = TypeVar("M", bound=Message)
 CancelMode = Literal["abandon", "withdraw", "outcome"]
@@ -84,39 +85,11 @@ _ERRORS: dict[str, type[BaseException]] = {
     "ProtocolError": LocalProtocolError,
 }
 
-_LOCAL_TOKENS: dict[str, str] = {}
 ACK_BATCH = 64  # acknowledgements that are sent at once ...
 ACK_DELAY = 0.002  # ... or after this many seconds, whichever comes first
 PUT_BATCH_BYTES = 64 * 1024  # gathered credited puts are written at this size
 VERDICT_TIMEOUT = 10.0  # seconds a cancelled call waits for the scheduler's verdict
 CLOSE_TIMEOUT = 5.0  # seconds a closing client waits for the scheduler to finish
-
-
-def register_local_token(address: str, token: str) -> None:
-    """Let ``connect(address)`` in this process find the token of a local cluster."""
-    _LOCAL_TOKENS[address] = token
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``"tcp://host:port"`` (or ``"host:port"``, ``"[::1]:port"``) -> (host, port)."""
-    rest = address.removeprefix("tcp://")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"address must look like tcp://host:port, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
-def _resolve_token(address: str, token: str | None) -> str:
-    if token is not None:
-        return token
-    if address in _LOCAL_TOKENS:
-        return _LOCAL_TOKENS[address]
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV]
-    raise ValueError(
-        f"no token for {address}: pass token=... (--token-file on the command line) "
-        f"or set the {TOKEN_ENV} environment variable"
-    )
 
 
 class _Pending:
@@ -725,46 +698,3 @@ class Client:
                     entry.late(entry)
                 else:
                     entry.event.set()
-
-
-@asynccontextmanager
-async def connect(
-    address: str,
-    *,
-    token: str | None = None,
-    name: str | None = None,
-    max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
-) -> AsyncIterator[Client]:
-    """Connect and authenticate to the scheduler at ``address``.
-
-    The token comes from ``token``, else from a cluster this process opened
-    at that address, else from the ``TRIOQ_TOKEN`` environment variable.
-    Leaving the block closes the connection (see ``Client.aclose``).
-
-    Raises ``ValueError`` for an address not of the form ``tcp://host:port``,
-    when no token is found, or for an empty token; ``OSError`` if the
-    scheduler cannot be reached; ``AuthenticationError`` if it refuses the
-    token, or the handshake fails or takes over 10 seconds.  If cancelled
-    while connecting, the socket is closed and nothing is left behind.
-    """
-    secret = _resolve_token(address, token)
-    host, port = parse_address(address)
-    stream = await trio.open_tcp_stream(host, port)
-    connection = FramedConnection(stream, max_frame_size=max_frame_size)
-    try:
-        client_id = await connection.client_handshake(
-            secret, name or f"{socket.gethostname()}:{os.getpid()}"
-        )
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
-    client = Client(connection, client_id, address)
-    with collapse_single_groups():
-        async with trio.open_nursery() as nursery:
-            client._nursery = nursery
-            nursery.start_soon(client._run)
-            try:
-                yield client
-            finally:
-                await client.aclose()
-                nursery.cancel_scope.cancel()

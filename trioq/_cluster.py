@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._client import register_local_token
+from ._connect import register_local_token
 from ._exceptions import collapse_single_groups
 from ._scheduler import Scheduler
 from ._worker import Worker

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import trio
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
-from ._client import connect
+from ._connect import connect
 from ._exceptions import collapse_single_groups
 from ._future import Future
 from ._pipe import PipeEnd

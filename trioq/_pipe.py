@@ -178,7 +178,7 @@ class PipeEnd(trio.abc.Channel[Any]):
         block ends.  Raises what ``trioq.connect`` raises.
         """
         if self._client is None and not self._closed and _worker_client() is None:
-            from ._client import connect
+            from ._connect import connect
 
             async with AsyncExitStack() as stack:
                 self._client = await stack.enter_async_context(connect(self._address))

@@ -512,7 +512,7 @@ class RemoteWorker(_Worker):
         it asks the cluster to cancel the tasks still running for it and to
         delete its control queue; it does not wait for the answers.
         """
-        from ._client import connect
+        from ._connect import connect
 
         assert self._done is not None
         try:

@@ -32,7 +32,8 @@ from typing import Any
 
 import trio
 
-from ._client import Client, connect
+from ._client import Client
+from ._connect import connect
 from ._messages import Message, Ok
 from ._task_messages import Heartbeat, TaskAbort, TaskAssign, TaskDone, WorkerHello, WorkerReady
 from ._worker_threads import ThreadCall, ThreadLanes
