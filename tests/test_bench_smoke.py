@@ -42,3 +42,18 @@ def test_peers_quick_pass_measures_trioq_beside_the_peers_and_prints_ratios(
         measured = contenders[name]["measurements"]
         assert measured["throughput_single"]["median"] > 0
         assert measured["round_trip"]["p50"] > 0
+
+
+def test_the_performance_page_figures_are_generated_from_the_committed_run() -> None:
+    """docs/_generated/performance_figures.rst is ``bench/report.py``'s output for
+    bench/results/peers-latest.json: nobody edited the figures by hand."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("report", root / "bench" / "report.py")
+    assert spec is not None and spec.loader is not None
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    doc = json.loads((root / "bench" / "results" / "peers-latest.json").read_text("utf-8"))
+    generated = (root / "docs" / "_generated" / "performance_figures.rst").read_text("utf-8")
+    assert generated == report.figures_rst(doc)
