@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ._channel_messages import (
     ChannelAppend,
@@ -63,7 +63,12 @@ class _Channel:
 class ChannelBoard:
     """The scheduler's channels.  ``SchedulerState`` feeds it requests."""
 
-    MESSAGES = (ChannelOpen, ChannelAppend, ChannelRead, ChannelStop)
+    MESSAGES: ClassVar[tuple[type[Message], ...]] = (
+        ChannelOpen,
+        ChannelAppend,
+        ChannelRead,
+        ChannelStop,
+    )
 
     def __init__(
         self,

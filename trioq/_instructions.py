@@ -10,10 +10,11 @@ or ``Notice`` (an unsolicited message).  A request it refuses raises
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 from ._messages import Message
 
-__all__ = ["Reply", "Fail", "Notice", "Out", "StateError"]
+__all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "Board"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +53,32 @@ class StateError(Exception):
     def __init__(self, kind: str, text: str) -> None:
         super().__init__(text)
         self.kind = kind
+
+
+class Board(Protocol):
+    """What ``SchedulerState`` expects of a part of the state it feeds requests to.
+
+    ``TaskBoard``, ``ChannelBoard`` and ``VariableBoard`` are boards: each
+    takes the ``MESSAGES`` it owns, answers through ``out``, and returns a
+    name when a request parked waiting (the state then tracks it per
+    connection, and calls ``unwait`` when it is withdrawn or its connection
+    goes).
+    """
+
+    MESSAGES: ClassVar[tuple[type[Message], ...]]
+
+    def handle(self, conn: int, rid: int, message: Message, out: Out) -> str | None:
+        """Apply a request; the name it parked on, or None."""
+        ...
+
+    def unwait(self, conn: int, rid: int, name: str) -> None:
+        """A parked request was withdrawn (or its connection went)."""
+        ...
+
+    def is_reader(self, conn: int, rid: int, name: str) -> bool:
+        """Is request ``rid`` of ``conn`` parked on ``name``?"""
+        ...
+
+    def validate(self) -> None:
+        """Assert the board's invariants (tests call it after every step)."""
+        ...

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from ._channel_messages import ChannelRead
 from ._channels import ChannelBoard
-from ._instructions import Fail, Notice, Out, Reply, StateError
+from ._instructions import Board, Fail, Notice, Out, Reply, StateError
 from ._messages import (
     ITEM_OVERHEAD,
     REPLY_OVERHEAD,
@@ -176,7 +176,7 @@ class SchedulerState:
 
     def _handle_board(
         self,
-        board: TaskBoard | ChannelBoard | VariableBoard,
+        board: Board,
         kind: str,
         conn: int,
         rid: int,

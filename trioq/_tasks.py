@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ._impl import core
 from ._instructions import Notice, Out, Reply, StateError
@@ -98,7 +98,7 @@ class _Task:
 class TaskBoard:
     """The scheduler's tasks and workers.  ``SchedulerState`` feeds it requests."""
 
-    MESSAGES = (
+    MESSAGES: ClassVar[tuple[type[Message], ...]] = (
         WorkerHello,
         WorkerReady,
         TaskDone,

@@ -11,6 +11,7 @@ Complexity: O(1) per request, plus O(waiters) for a set that wakes them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 from ._instructions import Out, Reply, StateError
 from ._messages import Message, Ok, Value, VariableDelete, VariableGet, VariableSet
@@ -22,7 +23,7 @@ __all__ = ["VariableBoard"]
 class VariableBoard:
     """The scheduler's variables.  ``SchedulerState`` feeds it requests."""
 
-    MESSAGES = (VariableSet, VariableGet, VariableDelete)
+    MESSAGES: ClassVar[tuple[type[Message], ...]] = (VariableSet, VariableGet, VariableDelete)
 
     def __init__(
         self,
