@@ -332,7 +332,18 @@ async def client_process(
 ) -> AsyncIterator[Proc]:
     """Run this file as a client program (``role`` and ``args``) against ``scheduler``."""
     label = label or f"{role}-{secrets.token_hex(3)}"
-    command = [sys.executable, str(SCRIPT), role, scheduler.address, *map(str, args)]
+    async with script_process(scheduler, SCRIPT, role, *args, label=label) as proc:
+        yield proc
+
+
+@asynccontextmanager
+async def script_process(
+    scheduler: SchedulerProc, script: Path, role: str, *args: object, label: str | None = None
+) -> AsyncIterator[Proc]:
+    """Run ``script`` (a test file's own ``__main__``) as the client program ``role``
+    against ``scheduler``, the token in its environment only."""
+    label = label or role
+    command = [sys.executable, str(script), role, scheduler.address, *map(str, args)]
     async with started(
         command,
         env=client_env(scheduler.token),
@@ -340,6 +351,45 @@ async def client_process(
         label=label,
     ) as proc:
         yield proc
+
+
+@asynccontextmanager
+async def worker_process(
+    scheduler: SchedulerProc, name: str, nthreads: int = 4
+) -> AsyncIterator[Proc]:
+    """``python -m trioq worker`` for ``scheduler``, the token in its environment."""
+    args = [sys.executable, "-m", "trioq", "worker", scheduler.address]
+    args += ["--nthreads", str(nthreads), "--name", name]
+    async with started(
+        args,
+        env=client_env(scheduler.token),
+        stderr_path=scheduler.directory / f"{name}.stderr",
+        label=name,
+    ) as proc:
+        yield proc
+
+
+async def finished(proc: Proc) -> list[str]:
+    """A program's stdout lines, once it has exited with status 0."""
+    status, lines = await proc.finish()
+    assert status == 0, proc.describe()
+    return lines
+
+
+@asynccontextmanager
+async def limited_scheduler(directory: Path, limit: float) -> AsyncIterator[SchedulerProc]:
+    """``scheduler_process``; the test fails if it is still running after ``limit`` s."""
+
+    async def fail_when_too_slow() -> None:
+        await trio.sleep(limit)
+        raise AssertionError(f"the test was still running after {limit}s")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fail_when_too_slow)
+        async with scheduler_process(directory) as running:
+            yield running
+        print(running.proc.describe())  # shown by pytest only when the test failed
+        nursery.cancel_scope.cancel()
 
 
 async def _kill_now(process: trio.Process) -> None:

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -49,57 +48,18 @@ FUTURES = 12  # futures appended; half of their tasks end before the appender ex
 SCRIPT = Path(__file__).resolve()  # run as the client programs
 
 
-async def _fail_when_too_slow() -> None:
-    await trio.sleep(TEST_TIMEOUT)
-    raise AssertionError(f"the test was still running after {TEST_TIMEOUT}s")
-
-
 @pytest.fixture
 async def scheduler(tmp_path: Path) -> AsyncIterator[procs.SchedulerProc]:
-    """A scheduler process on 127.0.0.1:0; the test is cancelled past TEST_TIMEOUT."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fail_when_too_slow)
-        async with procs.scheduler_process(tmp_path / "cluster") as running:
-            yield running
-        print(running.proc.describe())  # shown by pytest only when the test failed
-        nursery.cancel_scope.cancel()
+    """A scheduler process on 127.0.0.1:0; the test fails past TEST_TIMEOUT."""
+    async with procs.limited_scheduler(tmp_path / "cluster", TEST_TIMEOUT) as running:
+        yield running
 
 
-@asynccontextmanager
-async def program(
+def program(
     scheduler: procs.SchedulerProc, role: str, *args: object, label: str | None = None
-) -> AsyncIterator[procs.Proc]:
+) -> Any:
     """This file run as the client program ``role``."""
-    label = label or role
-    command = [sys.executable, str(SCRIPT), role, scheduler.address, *map(str, args)]
-    async with procs.started(
-        command,
-        env=procs.client_env(scheduler.token),
-        stderr_path=scheduler.directory / f"{label}.stderr",
-        label=label,
-    ) as proc:
-        yield proc
-
-
-@asynccontextmanager
-async def worker_process(scheduler: procs.SchedulerProc, name: str) -> AsyncIterator[procs.Proc]:
-    """``python -m trioq worker`` for ``scheduler``, the token in its environment."""
-    args = [sys.executable, "-m", "trioq", "worker", scheduler.address]
-    args += ["--nthreads", "4", "--name", name]
-    async with procs.started(
-        args,
-        env=procs.client_env(scheduler.token),
-        stderr_path=scheduler.directory / f"{name}.stderr",
-        label=name,
-    ) as proc:
-        yield proc
-
-
-async def finished(proc: procs.Proc) -> list[str]:
-    """Its stdout lines, once it has exited with status 0."""
-    status, lines = await proc.finish()
-    assert status == 0, proc.describe()
-    return lines
+    return procs.script_process(scheduler, SCRIPT, role, *args, label=label)
 
 
 def sequence_of(lines: list[str]) -> list[Any]:
@@ -145,10 +105,10 @@ async def test_three_subscriber_processes_see_the_same_sequence_from_two_appende
             ):
                 assert await a0.expect("ready") == "" and await a1.expect("ready") == ""
                 await client.variable("go").set(True)  # both append at once from here
-                assert await finished(a0) == ["done"]
-                assert await finished(a1) == ["done"]
+                assert await procs.finished(a0) == ["done"]
+                assert await procs.finished(a1) == ["done"]
             await chan.stop()  # every subscriber's iteration ends
-            sequences = [sequence_of(await finished(proc)) for proc in subscribers]
+            sequences = [sequence_of(await procs.finished(proc)) for proc in subscribers]
 
         expected_length = 1 + 2 * COUNT
         assert len(sequences[0]) == expected_length
@@ -162,14 +122,14 @@ async def test_three_subscriber_processes_see_the_same_sequence_from_two_appende
 
         with trio.fail_after(STEP_TIMEOUT):  # a late subscriber replays it all, then ends
             async with program(scheduler, "subscriber", "events", label="late") as late:
-                assert sequence_of(await finished(late)) == sequences[0]
+                assert sequence_of(await procs.finished(late)) == sequences[0]
 
 
 async def test_futures_appended_by_a_process_that_exited_are_awaited_by_another(
     scheduler: procs.SchedulerProc,
 ) -> None:
     async with AsyncExitStack() as stack:
-        worker = await stack.enter_async_context(worker_process(scheduler, "worker"))
+        worker = await stack.enter_async_context(procs.worker_process(scheduler, "worker"))
         client = await stack.enter_async_context(
             trioq.connect(scheduler.address, token=scheduler.token, name="test")
         )
@@ -183,7 +143,7 @@ async def test_futures_appended_by_a_process_that_exited_are_awaited_by_another(
 
             with trio.fail_after(STEP_TIMEOUT):
                 async with program(scheduler, "future-appender", "futures", FUTURES) as appender:
-                    assert await finished(appender) == [f"appended {FUTURES}"]
+                    assert await procs.finished(appender) == [f"appended {FUTURES}"]
                 status = await client.status()
                 assert sum(status["tasks"].values()) == FUTURES, status["tasks"]
                 assert status["tasks"].get("finished") == FUTURES // 2, status["tasks"]
@@ -192,7 +152,7 @@ async def test_futures_appended_by_a_process_that_exited_are_awaited_by_another(
                 async with program(scheduler, "future-reader", "futures", FUTURES) as reader:
                     assert await reader.expect("read ") == str(FUTURES)
                     await client.variable("go").set(True)  # the waiting tasks may end now
-                    lines = await finished(reader)
+                    lines = await procs.finished(reader)
             assert json.loads(lines[-1].removeprefix("results ")) == [i * i for i in range(FUTURES)]
             status = await client.status()
             assert status["tasks"] == {"finished": FUTURES}  # the channel still keeps them

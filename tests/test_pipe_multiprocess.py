@@ -16,8 +16,8 @@ import json
 import pickle
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import procs
 import pytest
@@ -36,16 +36,9 @@ async def scheduler(tmp_path: Path) -> AsyncIterator[procs.SchedulerProc]:
     print(running.proc.describe())  # shown by pytest only when the test failed
 
 
-@asynccontextmanager
-async def child(scheduler: procs.SchedulerProc, role: str, *args: str) -> AsyncIterator[procs.Proc]:
+def child(scheduler: procs.SchedulerProc, role: str, *args: str) -> Any:
     """This file as a client program, with the token in its environment only."""
-    async with procs.started(
-        [sys.executable, str(SCRIPT), role, scheduler.address, *args],
-        env=procs.client_env(scheduler.token),
-        stderr_path=scheduler.directory / f"{role}.stderr",
-        label=role,
-    ) as proc:
-        yield proc
+    return procs.script_process(scheduler, SCRIPT, role, *args)
 
 
 async def test_end_pickled_to_another_process_carries_values_both_ways(

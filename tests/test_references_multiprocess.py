@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,57 +42,18 @@ COUNT = 24  # futures passed along; half of their tasks end before the producer 
 SCRIPT = Path(__file__).resolve()  # run as the client programs
 
 
-async def _fail_when_too_slow() -> None:
-    await trio.sleep(TEST_TIMEOUT)
-    raise AssertionError(f"the test was still running after {TEST_TIMEOUT}s")
-
-
 @pytest.fixture
 async def scheduler(tmp_path: Path) -> AsyncIterator[procs.SchedulerProc]:
-    """A scheduler process on 127.0.0.1:0; the test is cancelled past TEST_TIMEOUT."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fail_when_too_slow)
-        async with procs.scheduler_process(tmp_path / "cluster") as running:
-            yield running
-        print(running.proc.describe())  # shown by pytest only when the test failed
-        nursery.cancel_scope.cancel()
+    """A scheduler process on 127.0.0.1:0; the test fails past TEST_TIMEOUT."""
+    async with procs.limited_scheduler(tmp_path / "cluster", TEST_TIMEOUT) as running:
+        yield running
 
 
-@asynccontextmanager
-async def worker_process(scheduler: procs.SchedulerProc, name: str) -> AsyncIterator[procs.Proc]:
-    """``python -m trioq worker`` for ``scheduler``, the token in its environment."""
-    args = [sys.executable, "-m", "trioq", "worker", scheduler.address]
-    args += ["--nthreads", "4", "--name", name]
-    async with procs.started(
-        args,
-        env=procs.client_env(scheduler.token),
-        stderr_path=scheduler.directory / f"{name}.stderr",
-        label=name,
-    ) as proc:
-        yield proc
-
-
-@asynccontextmanager
-async def program(
-    scheduler: procs.SchedulerProc, role: str, *args: object
-) -> AsyncIterator[procs.Proc]:
+def program(
+    scheduler: procs.SchedulerProc, role: str, *args: object, label: str | None = None
+) -> Any:
     """This file run as the client program ``role``."""
-    command = [sys.executable, str(SCRIPT), role, scheduler.address]
-    command += [str(arg) for arg in args]
-    async with procs.started(
-        command,
-        env=procs.client_env(scheduler.token),
-        stderr_path=scheduler.directory / f"{role}.stderr",
-        label=role,
-    ) as proc:
-        yield proc
-
-
-async def finished(proc: procs.Proc) -> list[str]:
-    """Its stdout lines, once it has exited with status 0."""
-    status, lines = await proc.finish()
-    assert status == 0, proc.describe()
-    return lines
+    return procs.script_process(scheduler, SCRIPT, role, *args, label=label)
 
 
 async def test_futures_put_in_a_queue_by_a_process_that_exited_are_awaited_in_another(
@@ -101,7 +61,7 @@ async def test_futures_put_in_a_queue_by_a_process_that_exited_are_awaited_in_an
 ) -> None:
     async with AsyncExitStack() as stack:
         workers = [
-            await stack.enter_async_context(worker_process(scheduler, f"worker-{i}"))
+            await stack.enter_async_context(procs.worker_process(scheduler, f"worker-{i}"))
             for i in range(2)
         ]
         client = await stack.enter_async_context(
@@ -117,7 +77,7 @@ async def test_futures_put_in_a_queue_by_a_process_that_exited_are_awaited_in_an
 
             with trio.fail_after(STEP_TIMEOUT):
                 async with program(scheduler, "producer", QUEUE, COUNT) as producer:
-                    assert await finished(producer) == [f"put {COUNT}"]
+                    assert await procs.finished(producer) == [f"put {COUNT}"]
                 status = await client.status()
                 assert status["tasks"].get("finished") == COUNT // 2, status["tasks"]
                 assert sum(status["tasks"].values()) == COUNT  # the others wait for "go"
@@ -127,7 +87,7 @@ async def test_futures_put_in_a_queue_by_a_process_that_exited_are_awaited_in_an
                 async with program(scheduler, "consumer", QUEUE, COUNT) as consumer:
                     assert await consumer.expect("read ") == str(COUNT)
                     await client.variable("go").set(True)  # the waiting tasks may end now
-                    lines = await finished(consumer)
+                    lines = await procs.finished(consumer)
             results = json.loads(lines[-1].removeprefix("results "))
             assert Counter(results) == Counter(i * i for i in range(COUNT))
 

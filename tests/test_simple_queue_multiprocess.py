@@ -25,10 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -50,35 +49,18 @@ SENTINEL = "stop"
 SCRIPT = Path(__file__).resolve()  # run as the client programs
 
 
-async def _fail_when_too_slow() -> None:
-    await trio.sleep(TEST_TIMEOUT)
-    raise AssertionError(f"the test was still running after {TEST_TIMEOUT}s")
-
-
 @pytest.fixture
 async def scheduler(tmp_path: Path) -> AsyncIterator[procs.SchedulerProc]:
-    """A scheduler process on 127.0.0.1:0; the test is cancelled past TEST_TIMEOUT."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_fail_when_too_slow)
-        async with procs.scheduler_process(tmp_path / "cluster") as running:
-            yield running
-        print(running.proc.describe())  # shown by pytest only when the test failed
-        nursery.cancel_scope.cancel()
+    """A scheduler process on 127.0.0.1:0; the test fails past TEST_TIMEOUT."""
+    async with procs.limited_scheduler(tmp_path / "cluster", TEST_TIMEOUT) as running:
+        yield running
 
 
-@asynccontextmanager
-async def program(
-    scheduler: procs.SchedulerProc, role: str, *args: object
-) -> AsyncIterator[procs.Proc]:
+def program(
+    scheduler: procs.SchedulerProc, role: str, *args: object, label: str | None = None
+) -> Any:
     """This file run as the client program ``role``."""
-    command = [sys.executable, str(SCRIPT), role, scheduler.address, *map(str, args)]
-    async with procs.started(
-        command,
-        env=procs.client_env(scheduler.token),
-        stderr_path=scheduler.directory / f"{role}.stderr",
-        label=role,
-    ) as proc:
-        yield proc
+    return procs.script_process(scheduler, SCRIPT, role, *args, label=label)
 
 
 async def queue_row(client: trioq.Client, name: str) -> dict[str, Any]:
