@@ -32,7 +32,7 @@ from ._channel_messages import (
     ChannelRead,
     ChannelStop,
 )
-from ._instructions import Out, Reply, StateError
+from ._instructions import Out, Reply, StateError, check_sizes
 from ._messages import ITEM_OVERHEAD, Message, Ok
 from ._tasks import TaskBoard
 
@@ -133,13 +133,7 @@ class ChannelBoard:
     def _append(self, channel: _Channel, items: list[bytes], out: Out) -> None:
         if channel.stopped:
             raise StateError("ClosedResourceError", f"channel {channel.name!r} was stopped")
-        largest = max(map(len, items), default=0)
-        if largest > self._max_item_bytes:
-            raise StateError(
-                "ValueError",
-                f"an element of {largest} bytes is over this scheduler's limit of "
-                f"{self._max_item_bytes} bytes",
-            )
+        check_sizes("an element", items, self._max_item_bytes)
         self._tasks.check_items(items)
         channel.elements.extend(items)
         for item in items:

@@ -14,7 +14,7 @@ from typing import ClassVar, Protocol
 
 from ._messages import Message
 
-__all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "Board"]
+__all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "Board", "check_sizes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,16 @@ class StateError(Exception):
     def __init__(self, kind: str, text: str) -> None:
         super().__init__(text)
         self.kind = kind
+
+
+def check_sizes(what: str, items: list[bytes], limit: int) -> None:
+    """Refuse items larger than ``limit`` bytes (an answer must fit in a frame)."""
+    largest = max(map(len, items), default=0)
+    if largest > limit:
+        raise StateError(
+            "ValueError",
+            f"{what} of {largest} bytes is over this scheduler's limit of {limit} bytes",
+        )
 
 
 class Board(Protocol):

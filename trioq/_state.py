@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from ._channel_messages import ChannelRead
 from ._channels import ChannelBoard
-from ._instructions import Board, Fail, Notice, Out, Reply, StateError
+from ._instructions import Board, Fail, Notice, Out, Reply, StateError, check_sizes
 from ._messages import (
     ITEM_OVERHEAD,
     REPLY_OVERHEAD,
@@ -222,13 +222,7 @@ class SchedulerState:
             )
         self.tasks.check_items(msg.items)
         n = len(msg.items)
-        largest = max(map(len, msg.items), default=0)
-        if largest > self.max_item_bytes:
-            raise StateError(
-                "ValueError",
-                f"an item of {largest} bytes is over this scheduler's limit of "
-                f"{self.max_item_bytes} bytes",
-            )
+        check_sizes("an item", msg.items, self.max_item_bytes)
         if queue.maxsize and msg.credited:
             held = queue.reserved.get(conn, 0)
             if held < n:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from ._instructions import Out, Reply, StateError
+from ._instructions import Out, Reply, StateError, check_sizes
 from ._messages import Message, Ok, Value, VariableDelete, VariableGet, VariableSet
 from ._tasks import TaskBoard
 
@@ -51,12 +51,7 @@ class VariableBoard:
         return None
 
     def _set(self, conn: int, rid: int, msg: VariableSet, out: Out) -> None:
-        if len(msg.value) > self._max_item_bytes:
-            raise StateError(
-                "ValueError",
-                f"a value of {len(msg.value)} bytes is over this scheduler's limit of "
-                f"{self._max_item_bytes} bytes",
-            )
+        check_sizes("a value", [msg.value], self._max_item_bytes)
         self._tasks.check_items([msg.value])
         old = self._values.get(msg.name)
         self._values[msg.name] = msg.value
