@@ -35,6 +35,22 @@ async def client(cluster: Any) -> AsyncIterator[trioq.Client]:
         yield client
 
 
+async def exchange(a: trioq.PipeEnd, b: trioq.PipeEnd, first: Any = 1, second: Any = 2) -> None:
+    """One value each way: both ends are in use, so they start making the link."""
+    await a.send(first)
+    assert await b.receive() == first
+    await b.send(second)
+    assert await a.receive() == second
+
+
+async def linked_pipe(client: trioq.Client) -> tuple[trioq.PipeEnd, trioq.PipeEnd]:
+    """A duplex pipe whose ends have switched to their direct link."""
+    a, b = await client.pipe()
+    await exchange(a, b)
+    await wait_linked(a, b)
+    return a, b
+
+
 async def wait_linked(*ends: trioq.PipeEnd) -> None:
     for end in ends:
         assert end._maker is not None
@@ -64,12 +80,7 @@ async def test_both_ends_in_use_switch_to_a_direct_link_and_keep_every_value_in_
 
 async def test_values_go_both_ways_over_the_link_once_it_is_up(client: trioq.Client) -> None:
     with trio.fail_after(WAIT):
-        a, b = await client.pipe()
-        await a.send("hello")
-        assert await b.receive() == "hello"
-        await b.send("back")
-        assert await a.receive() == "back"
-        await wait_linked(a, b)
+        a, b = await linked_pipe(client)
         for i in range(50):
             await a.send(i)
             assert await b.receive() == i
@@ -84,10 +95,7 @@ async def test_a_linked_end_that_closes_gives_end_of_channel_after_what_it_sent(
     client: trioq.Client,
 ) -> None:
     with trio.fail_after(WAIT):
-        a, b = await client.pipe()
-        await b.send("start")  # both ends in use: the link comes up
-        assert await a.receive() == "start"
-        await wait_linked(a, b)
+        a, b = await linked_pipe(client)
         for i in range(10):
             await a.send(i)
         await a.aclose()
@@ -101,12 +109,7 @@ async def test_sending_over_a_link_whose_peer_closed_raises_broken_resource_erro
     client: trioq.Client,
 ) -> None:
     with trio.fail_after(WAIT):
-        a, b = await client.pipe()
-        await a.send(1)
-        assert await b.receive() == 1
-        await b.send(2)
-        assert await a.receive() == 2
-        await wait_linked(a, b)
+        a, b = await linked_pipe(client)
         await a.send(3)  # switched: over the link
         assert await b.receive() == 3
         await b.aclose()
@@ -177,12 +180,7 @@ async def test_closing_linked_ends_leaves_no_pipe_state_on_the_scheduler(
     cluster: Any, client: trioq.Client
 ) -> None:
     with trio.fail_after(WAIT):
-        a, b = await client.pipe()
-        await a.send(1)
-        assert await b.receive() == 1
-        await b.send(2)
-        assert await a.receive() == 2
-        await wait_linked(a, b)
+        a, b = await linked_pipe(client)
         await a.aclose()
         with pytest.raises(trio.EndOfChannel):
             await b.receive()
@@ -201,10 +199,7 @@ async def test_an_unexpected_error_while_linking_leaves_the_pipe_on_its_queues(
     monkeypatch.setattr(_pipe_link.LinkMaker, "_connect", broken_connect)
     with trio.fail_after(WAIT):
         a, b = await client.pipe()
-        await a.send(1)
-        assert await b.receive() == 1
-        await b.send(2)
-        assert await a.receive() == 2
+        await exchange(a, b)
         assert a._maker is not None and b._maker is not None
         await b._maker.settled.wait()
         assert b._maker.failed and not b._switched_out
@@ -227,10 +222,7 @@ async def test_an_end_that_fails_after_the_handshake_leaves_both_ends_on_their_q
     monkeypatch.setattr(_pipe_link.LinkMaker, "_connect", connect_without_confirming)
     with trio.fail_after(WAIT):
         a, b = await client.pipe()
-        await a.send("first")
-        assert await b.receive() == "first"
-        await b.send("back")
-        assert await a.receive() == "back"
+        await exchange(a, b, "first", "back")
         assert a._maker is not None and b._maker is not None
         await a._maker.settled.wait()
         await b._maker.settled.wait()
