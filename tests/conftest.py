@@ -67,3 +67,11 @@ def both_cores() -> tuple[ModuleType, ModuleType]:
     if COMPILED is None:
         pytest.skip("compiled core not built")
     return COMPILED, PYTHON
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gates() -> None:
+    """Every test starts with the shared task gates closed (see gated_tasks)."""
+    from gated_tasks import GATES
+
+    GATES.clear()

@@ -26,15 +26,14 @@ is polled, bounded too.
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import procs
 import pytest
 import trio
+from gated_tasks import GATES, Order, add, gated
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -615,31 +614,6 @@ TestChannelMachine = ChannelMachine.TestCase
 
 
 # -- end to end, in one process ------------------------------------------------------------------
-
-GATES: defaultdict[str, trio.Event] = defaultdict(trio.Event)
-
-
-@pytest.fixture(autouse=True)
-def fresh_gates() -> None:
-    GATES.clear()
-
-
-async def gated(name: str, value: Any) -> Any:
-    """Wait for the test to open gate ``name``, then return ``value``."""
-    await GATES[name].wait()
-    return value
-
-
-def add(a: int, b: int = 0) -> int:
-    return a + b
-
-
-@dataclass
-class Order:
-    """A custom object holding a future: travels pickled, the future inside it by key."""
-
-    name: str
-    future: trioq.Future
 
 
 def tasks_of(cluster: trioq.Cluster) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +39,7 @@ import msgpack
 import procs
 import pytest
 import trio
+from gated_tasks import GATES, Order, add, gated
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -969,31 +970,6 @@ TestReferenceMachine = ReferenceMachine.TestCase
 
 
 # -- end to end, in one process ------------------------------------------------------------------
-
-GATES: defaultdict[str, trio.Event] = defaultdict(trio.Event)
-
-
-@pytest.fixture(autouse=True)
-def fresh_gates() -> None:
-    GATES.clear()
-
-
-async def gated(name: str, value: Any) -> Any:
-    """Wait for the test to open gate ``name``, then return ``value``."""
-    await GATES[name].wait()
-    return value
-
-
-def add(a: int, b: int = 0) -> int:
-    return a + b
-
-
-@dataclass
-class Order:
-    """A custom object holding a future: travels pickled, the future inside it by key."""
-
-    name: str
-    future: trioq.Future
 
 
 def wrap(kind: str, future: trioq.Future) -> Any:
