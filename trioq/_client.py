@@ -132,6 +132,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._next_request = 1
         self._acks: list[int] = []
+        self._unswitched = 0  # calls served locally since the last switch (see _queue)
         self._ack_armed = trio.Event()
         self._broken: BaseException | None = None
         self._closed = False
@@ -423,7 +424,7 @@ class Client:
         while request_id in self._pending or request_id == 0:
             request_id = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
         self._next_request = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
-        self._connection.send(message.OP, request_id, encode_message(message))
+        self._connection.send(message.OP, request_id, encode_message(message), urgent=True)
         pending = _Pending()
         pending.late = late
         self._pending[request_id] = pending
@@ -456,6 +457,21 @@ class Client:
             self._flush_pending()
             self._batch_queue = queue
         self._batch_items.extend(items)
+        self._batch_bytes += size
+        if self._batch_bytes >= PUT_BATCH_BYTES:
+            self._flush_pending()
+        else:
+            self._connection.wake_writer()
+
+    def _put_one(self, queue: str, data: bytes) -> None:
+        """``_put_credited(queue, [data])`` for one item, on a usable client."""
+        size = len(data) + ITEM_OVERHEAD
+        if size > self._max_batch_bytes or queue != self._batch_queue:
+            self._put_credited(queue, [data])
+            return
+        if self._batch_bytes + size > self._max_batch_bytes:
+            self._flush_pending()
+        self._batch_items.append(data)
         self._batch_bytes += size
         if self._batch_bytes >= PUT_BATCH_BYTES:
             self._flush_pending()

@@ -21,7 +21,17 @@ Rules (the cancellation contract of the product design):
   queue that has items).
 * ``prefetch``: a get asks for up to that many items and keeps the extra
   ones locally for the next gets (fast, but others cannot take them
-  meanwhile); ``prefetch=1`` gives strict demand-driven fairness.
+  meanwhile); ``prefetch=1`` gives strict demand-driven fairness.  Once a
+  get leaves half of them or fewer, the client asks (without waiting in
+  the scheduler) for items already queued to top the buffer up, so a
+  steady consumer does not stall one round trip per ``prefetch`` items.
+* Every ``put``/``get`` is a cancel point (a cancelled scope raises
+  ``trio.Cancelled`` before anything is put or taken).  A call served from
+  local state (put credit, a prefetched item) lets other tasks run at
+  least every ``SCHEDULE_EVERY`` such calls rather than on each one: a
+  switch costs as much as the call itself, and trio documents that its
+  own checkpoints need not switch every time either.  Calls that wait
+  always switch.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from ._messages import (
     EndpointOpen,
     Items,
     Ok,
+    Op,
     PutDone,
     QueueDelete,
     QueueGet,
@@ -47,12 +58,16 @@ from ._messages import (
     QueuePut,
     QueueReturn,
     QueueSize,
+    decode_reply,
 )
 
 if TYPE_CHECKING:
     from ._client import Client, _Pending
 
-__all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel"]
+__all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel", "SCHEDULE_EVERY"]
+
+#: Calls served from local state between two switches to other tasks.
+SCHEDULE_EVERY = 16  # items
 
 
 class _Link:
@@ -67,6 +82,8 @@ class _Link:
         "error",
         "fetching",
         "receivers",
+        "discard_read_ahead",
+        "topping_up",
     )
 
     def __init__(self, name: str, maxsize: int) -> None:
@@ -78,6 +95,8 @@ class _Link:
         self.error: BaseException | None = None  # from a put nobody waited for
         self.fetching: trio.Event | None = None  # set when this client's asking get ends
         self.receivers = 0  # this client's open receive endpoints
+        self.discard_read_ahead = False  # the receivers closed: return what it brings
+        self.topping_up: trio.Event | None = None  # set when the read-ahead's answer is in
 
     def can_put(self, n: int) -> bool:
         return self.unlimited or self.credit >= n
@@ -130,6 +149,8 @@ class Queue:
             raise TypeError(f"queue name must be a str, got {type(name).__name__}")
         self._client = client
         self._prefetch = _check_count("prefetch", prefetch, 1)
+        # Top up at half the buffer; never for prefetch=1 (strict fairness).
+        self._read_ahead_at = prefetch // 2 if prefetch > 1 else -1
         _check_count("maxsize", maxsize, 0)
         link = client._queue_links.get(name)
         if link is None:
@@ -165,7 +186,28 @@ class Queue:
         not wait for the scheduler: its refusal is raised by this client's
         next put on the queue.  If cancelled, the item was not put.
         """
-        await self._put([self._client._serializer.dumps_item(item)], wait=True)
+        client = self._client
+        link = self._link
+        data = client._serializer.dumps_item(item)
+        if (
+            (link.unlimited or link.credit > 0)
+            and link.error is None
+            and client._broken is None
+            and not client._closed
+            and not client._connection.over_high_water()
+        ):
+            # Fast path, ``_put`` for one item with credit.  ``checkpoint_if_cancelled``
+            # does not switch tasks unless it raises, so the checks above still hold.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            client._put_one(link.name, data)
+            if not link.unlimited:
+                link.credit -= 1
+            client._unswitched += 1
+            if client._unswitched >= SCHEDULE_EVERY:
+                client._unswitched = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._put([data], wait=True)
 
     async def put_nowait(self, item: Any) -> None:
         """Put one item or raise ``trio.WouldBlock`` if there is no room now.
@@ -202,10 +244,14 @@ class Queue:
                 await connection.wait_writable()
                 continue  # the credit may have been spent or revoked meanwhile
             # Check and spend with no await between: the commit is atomic.
-            self._client._put_credited(link.name, data)
+            client = self._client
+            client._put_credited(link.name, data)
             if not link.unlimited:
                 link.credit -= len(data)
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            client._unswitched += len(data)
+            if client._unswitched >= SCHEDULE_EVERY:
+                client._unswitched = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._client._request(
             QueuePut(link.name, data, False, wait), PutDone, on_cancel="outcome"
@@ -224,11 +270,17 @@ class Queue:
         link = self._link
         client = self._client
         if link.buffer and not client._closed and client._broken is None:
-            # Fast path: an item prefetched here.  One checkpoint, as ever.
-            await trio.lowlevel.checkpoint()
-            if link.buffer:  # still there after the checkpoint
+            # Fast path: an item prefetched here.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            client._unswitched += 1
+            if client._unswitched >= SCHEDULE_EVERY:
+                client._unswitched = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            if link.buffer:  # still there after the switch
                 lease, data = link.buffer.popleft()
                 client._ack_one(lease)
+                if len(link.buffer) <= self._read_ahead_at:
+                    self._read_ahead()
                 return client._serializer.loads(data)
         return (await self._get(1, wait=True))[0]
 
@@ -252,20 +304,30 @@ class Queue:
 
     async def _get(self, n: int, *, wait: bool) -> list[Any]:
         link = self._link
-        self._client._check_usable()
+        client = self._client
+        client._check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
         if link.buffer:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            client._unswitched += min(n, len(link.buffer))
+            if client._unswitched >= SCHEDULE_EVERY:
+                client._unswitched = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
         while not link.buffer:
-            if wait and link.fetching is not None:
+            if link.topping_up is not None:
+                # A top-up is on its way (it never waits in the scheduler): its
+                # answer comes first, so take from it rather than ask past it.
+                await link.topping_up.wait()
+            elif wait and link.fetching is not None:
                 # Another task of this client is asking already: share its answer
                 # rather than wait at the scheduler beside items it will bring.
                 await link.fetching.wait()
             else:
                 await self._fetch(n, wait)
         taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
-        self._client._ack([lease for lease, _ in taken])
-        loads = self._client._serializer.loads
+        client._ack([lease for lease, _ in taken])
+        if len(link.buffer) <= self._read_ahead_at:
+            self._read_ahead()
+        loads = client._serializer.loads
         return [loads(data) for _, data in taken]
 
     async def _fetch(self, n: int, wait: bool) -> None:
@@ -283,6 +345,41 @@ class Queue:
                 link.fetching = None
             fetching.set()
         link.buffer.extend(enumerate(reply.items, reply.first_lease))
+
+    def _read_ahead(self) -> None:
+        """Top the buffer up to ``prefetch`` with items queued now, without waiting.
+
+        Called when a get leaves the buffer half empty or worse: the answer
+        arrives while the caller consumes the rest.  It asks with
+        ``wait=False``, so it never holds a place among the scheduler's
+        waiting getters; an empty queue answers ``WouldBlock``, ignored.
+        Gets that find the buffer empty meanwhile wait for this answer
+        (``link.topping_up``) rather than ask past it.
+        """
+        link = self._link
+        client = self._client
+        want = self._prefetch - len(link.buffer)
+        if link.fetching is not None or link.topping_up is not None or want < 1:
+            return
+        if client._closed or client._broken is not None or client._connection.is_broken:
+            return
+        topping_up = link.topping_up = trio.Event()
+        link.discard_read_ahead = False
+
+        def arrived(pending: _Pending) -> None:
+            link.topping_up = None
+            topping_up.set()
+            if pending.op != Op.REPLY:
+                return  # WouldBlock, the end, an error: the next get finds out itself
+            reply = decode_reply(Items, pending.payload)
+            leased = enumerate(reply.items, reply.first_lease)
+            if link.discard_read_ahead:  # its receivers closed meanwhile: give them back
+                if _usable(client):
+                    client._send_oneway(QueueReturn([lease for lease, _ in leased]))
+                return
+            link.buffer.extend(leased)
+
+        client._send_request(QueueGet(link.name, want, False), late=arrived)
 
     # -- other operations ---------------------------------------------------------------
 
@@ -458,6 +555,8 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
                 leases = [lease for lease, _ in link.buffer]
                 link.buffer.clear()
                 self._queue._client._send_oneway(QueueReturn(leases))
+            if not link.receivers:
+                link.discard_read_ahead = True  # a top-up still on its way goes back too
             _close_endpoint(self._queue, "receive")
 
 

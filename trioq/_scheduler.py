@@ -206,6 +206,7 @@ class Scheduler:
         if connection is None or connection.is_broken:
             return  # its disconnect returns whatever was leased to it
         request_id = 0
+        urgent = True  # a reply: someone waits on it
         if isinstance(instruction, Reply):
             op, payload = Op.REPLY, encode_message(instruction.message)
             request_id = instruction.request_id
@@ -214,8 +215,9 @@ class Scheduler:
             request_id = instruction.request_id
         else:
             op, payload = instruction.message.OP, encode_message(instruction.message)
+            urgent = False  # a notice: gathered with the ones after it
         try:
-            connection.send(op, request_id, payload)
+            connection.send(op, request_id, payload, urgent=urgent)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # its disconnect returns whatever was leased to it
         except LocalProtocolError as exc:  # an answer too big for a frame: say so instead

@@ -165,6 +165,9 @@ class Serializer:
         self._keys: list[str] | None = None  # references met by the running dumps_item
         self._encoders: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
         self._decoders: dict[int, Callable[[bytes], Any]] = {}
+        # Reused by dumps (building a Packer costs more than packing a small
+        # item); None while in use, so a nested dumps from an encoder makes its own.
+        self._packer: msgpack.Packer | None = self._new_packer()
 
     @property
     def can_unpickle(self) -> bool:
@@ -189,17 +192,22 @@ class Serializer:
         self._encoders[cls] = (code, encode)
         self._decoders[code] = decode
 
+    def _new_packer(self) -> msgpack.Packer:
+        return msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True)
+
     def dumps(self, obj: Any) -> bytes:
         """Serialize ``obj``; ``SerializationError`` if it cannot be carried."""
+        packer, self._packer = self._packer, None
         try:
-            data: bytes = msgpack.packb(
-                obj, default=self._default, strict_types=True, use_bin_type=True
-            )
+            data: bytes = (packer or self._new_packer()).pack(obj)  # resets itself on error
             return data
         except SerializationError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot serialize {type(obj).__qualname__}: {exc}") from exc
+        finally:
+            if packer is not None:
+                self._packer = packer
 
     def register_reference(self, cls: type, key_of: Callable[[Any], str]) -> None:
         """Carry instances of exactly ``cls`` as references (``EXT_REFERENCE``)."""
@@ -216,7 +224,7 @@ class Serializer:
 
     def dumps_item(self, obj: Any) -> bytes:
         """``dumps``, wrapped in an envelope listing the references ``obj`` holds."""
-        outer, keys = self._keys, list[str]()
+        outer, keys = self._keys, []
         self._keys = keys  # the reference encoders append here
         try:
             data = self.dumps(obj)

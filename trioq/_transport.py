@@ -7,6 +7,9 @@ Rules:
   ``send_all``, so frames issued together leave together (write
   coalescing).  ``wait_writable`` gives producers back pressure when the
   buffer passes its high-water mark.
+* Gathering waits a few scheduling rounds only for one-way frames sent in
+  a stream (puts, acknowledgements, notices); a frame someone waits on
+  (``urgent``: a request, a reply) goes out with the next write at once.
 * ``run_reader`` and ``run_writer`` are loops for the owner's nursery; the
   owner (scheduler or client) decides what a frame means.
 * Nothing from the peer is decoded with the full frame limit before the
@@ -65,6 +68,7 @@ class FramedConnection:
         self._broken: BaseException | None = None
         self.writer_done = trio.Event()
         self._last_flush = -math.inf
+        self._urgent = False  # a frame someone waits on is buffered: write now
         self.last_received = trio.current_time()  # when bytes last came in
         #: Called by the writer just before it takes the buffer: the owner's
         #: chance to turn deferred work (acknowledgements, gathered puts) into frames.
@@ -94,10 +98,24 @@ class FramedConnection:
         if self._closed or self._closing:
             raise trio.ClosedResourceError("the connection was closed")
 
-    def send(self, op: int, request_id: int, payload: bytes = b"", flags: int = 0) -> None:
-        """Queue one frame for the writer (never blocks)."""
+    def send(
+        self,
+        op: int,
+        request_id: int,
+        payload: bytes = b"",
+        flags: int = 0,
+        *,
+        urgent: bool = False,
+    ) -> None:
+        """Queue one frame for the writer (never blocks).
+
+        ``urgent``: someone waits on this frame (a request, a reply), so the
+        writer sends it with the next write instead of gathering more first.
+        """
         self.check_usable()
         self._encoder.write(int(op), request_id, payload, flags)
+        if urgent:
+            self._urgent = True
         self.wake_writer()
 
     def wake_writer(self) -> None:
@@ -125,9 +143,10 @@ class FramedConnection:
         try:
             while True:
                 await self._has_data.wait()
-                if self._busy():
+                if not self._urgent and self._busy():
                     await self._gather_more()
                 self._has_data = trio.Event()
+                self._urgent = False
                 if self.before_flush is not None:
                     self.before_flush()
                     self._has_data = trio.Event()
@@ -154,10 +173,7 @@ class FramedConnection:
         stream of frames, or a write soon after the last one, is gathered into
         fewer, larger writes (throughput).
         """
-        return (
-            self._encoder.frames_buffered > 1
-            or trio.current_time() - self._last_flush < self._busy_window
-        )
+        return trio.current_time() - self._last_flush < self._busy_window
 
     def _buffered_and_pending(self) -> int:
         return len(self._encoder) + self.pending_bytes()
@@ -171,7 +187,7 @@ class FramedConnection:
         size = self._buffered_and_pending()
         idle = 0
         for _ in range(_COALESCE_ROUNDS):
-            if size >= _COALESCE_BYTES or self._closing:
+            if size >= _COALESCE_BYTES or self._closing or self._urgent:
                 return
             await trio.lowlevel.cancel_shielded_checkpoint()
             grown = self._buffered_and_pending()
