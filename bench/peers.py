@@ -16,7 +16,9 @@ What: every contender is one entry in ``CONTENDERS``: a function that takes a
   puts on "pong", A gets):
   ``mp-queue`` (``multiprocessing.Queue``), ``zmq`` (pyzmq PUSH/PULL and
   REQ/REP, msgpack), ``trio-tcp`` (raw trio TCP, length-prefixed msgpack
-  frames: the floor under trioq's round trip), ``dask-queue``
+  frames: the floor under any round trip), ``trio-relay`` (the same
+  through a third process that copies bytes both ways: the floor under a
+  brokered round trip such as trioq's), ``dask-queue``
   (``distributed.Queue``, one client per process).
 * task peers: ``tasks_throughput`` (tasks/s, map + gather of N no-op tasks)
   and ``task_round_trip`` (submit one no-op, wait for its result):
@@ -71,7 +73,12 @@ from peers.dask_peers import (  # noqa: E402
     measure_dask_tasks_unqueued,
 )
 from peers.harness import Latency, Measurement, RunConfig, Throughput  # noqa: E402
-from peers.local import measure_mp_queue, measure_trio_tcp, measure_zmq  # noqa: E402
+from peers.local import (  # noqa: E402
+    measure_mp_queue,
+    measure_trio_relay,
+    measure_trio_tcp,
+    measure_zmq,
+)
 
 # The keys the ratios pair up, in printing order, with their labels.
 KEYS = {
@@ -81,6 +88,17 @@ KEYS = {
     "tasks_throughput": "no-op tasks, map+gather",
     "task_round_trip": "no-op task round trip",
     "pipeline_throughput": "pipeline scatter-map-map-gather",
+}
+
+# Ratios across keys: (trioq's key, the peer's key) -> the ratio's key and label.
+# trioq's put_batch/get_batch keep every item separate (each leased, acked and
+# handed to any consumer) while a peer's "batched" run ships one message per
+# batch; this row compares them with the peer's one message per item instead.
+CROSS_KEYS = {
+    ("throughput_batched", "throughput_single"): (
+        "throughput_batched_vs_single",
+        "batched vs peer's 1 per message",
+    ),
 }
 
 
@@ -144,6 +162,8 @@ register(Contender("zmq", "pyzmq PUSH/PULL + REQ/REP over TCP, msgpack",
                    measure_zmq, ("zmq", "msgpack"), (100_000, 5_000), (2_000, 200)))
 register(Contender("trio-tcp", "raw trio TCP, length-prefixed msgpack frames",
                    measure_trio_tcp, ("trio", "msgpack"), (100_000, 5_000), (2_000, 200)))
+register(Contender("trio-relay", "the same through a relay process that only copies bytes",
+                   measure_trio_relay, ("trio", "msgpack"), (100_000, 5_000), (2_000, 200)))
 register(Contender("dask-queue", "distributed.Queue, one client per process",
                    measure_dask_queue, ("distributed",), (5_000, 1_000), (200, 50)))
 register(Contender("dask-tasks", "distributed no-op tasks, 2 worker processes",
@@ -228,6 +248,19 @@ def ratios(outcomes: list[Outcome]) -> list[dict[str, Any]]:
                     {"trioq": mine_name, "peer": peer, "key": key, "stat": st, "ratio": r}
                     for st, r in pairs
                 ]
+            for (key, peer_key), (cross, _) in CROSS_KEYS.items():
+                mine, other = ours.get(key), theirs.get(peer_key)
+                if isinstance(mine, Throughput) and isinstance(other, Throughput):
+                    ratio = mine.median / other.median
+                    rows.append(
+                        {
+                            "trioq": mine_name,
+                            "peer": peer,
+                            "key": cross,
+                            "stat": "median",
+                            "ratio": ratio,
+                        }
+                    )
     return rows
 
 
@@ -304,7 +337,8 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
         print("  trioq not measured")
         return
     for row in rows:
-        label = f"{KEYS[row['key']]} {row['stat']}"
+        cross = {key: label for key, label in CROSS_KEYS.values()}
+        label = f"{KEYS.get(row['key']) or cross[row['key']]} {row['stat']}"
         print(f"  {row['trioq']:<17} vs {row['peer']:<16}{label:<34}{row['ratio']:>8.2f}x")
 
 

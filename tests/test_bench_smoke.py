@@ -44,6 +44,23 @@ def test_peers_quick_pass_measures_trioq_beside_the_peers_and_prints_ratios(
         assert measured["round_trip"]["p50"] > 0
 
 
+def test_peers_quick_pass_measures_the_relay_floor_and_the_cross_key_ratio(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "peers.json"
+    result = _run(
+        str(BENCH / "peers.py"), "--quick", "--only", "trioq,trio-relay", "--json", str(out)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["contenders"]["trio-relay"]["status"] == "ok", doc["contenders"]["trio-relay"]
+    assert doc["contenders"]["trio-relay"]["measurements"]["round_trip"]["p50"] > 0
+    keys = {(row["peer"], row["key"]) for row in doc["ratios"] if row["trioq"] == "trioq"}
+    assert ("trio-relay", "round_trip") in keys
+    assert ("trio-relay", "throughput_batched_vs_single") in keys
+    assert "batched vs peer's 1 per message" in result.stdout
+
+
 def test_the_performance_page_figures_are_generated_from_the_committed_run() -> None:
     """docs/_generated/performance_figures.rst is ``bench/report.py``'s output for
     bench/results/peers-latest.json: nobody edited the figures by hand."""

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ._connect import connect
     from ._future import Future
     from ._pipe import Pipe, PipeEnd
-    from ._queue import Queue, QueueReceiveChannel, QueueSendChannel
+    from ._queue import SCHEDULE_EVERY, Queue, QueueReceiveChannel, QueueSendChannel
     from ._scheduler import Scheduler
     from ._simple_queue import SimpleQueue
     from ._taskqueue import TaskInfo, TaskQueue
@@ -56,6 +56,7 @@ _LAZY = {
     "SimpleQueue": "._simple_queue",
     "QueueSendChannel": "._queue",
     "QueueReceiveChannel": "._queue",
+    "SCHEDULE_EVERY": "._queue",
     "Scheduler": "._scheduler",
     "Variable": "._variable",
     "Future": "._future",
@@ -81,6 +82,7 @@ __all__ = [
     "QueueSendChannel",
     "QueueReceiveChannel",
     "SimpleQueue",
+    "SCHEDULE_EVERY",
     "Variable",
     "Channel",
     "ChannelSubscription",

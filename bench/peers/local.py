@@ -1,5 +1,11 @@
 """Peers that need no broker: ``multiprocessing.Queue``, pyzmq, raw trio TCP.
 
+Plus ``trio-relay``: the raw trio TCP pair with a third process in the
+middle that copies bytes both ways and does nothing else.  It is the floor
+under any brokered design written with trio (trioq's scheduler is such a
+broker): what two extra hops and a third process cost before any queue
+logic runs.
+
 Each runs the same producer/consumer pair of processes as every queue peer
 (``harness.run_pair``): throughput with one item per call, throughput with
 ``cfg.batch`` items per call, then a ping-pong round trip.  Every item is
@@ -186,7 +192,8 @@ def trio_side_a(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any
 async def _trio_side_a(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: Any) -> None:
     import trio
 
-    port = spec["rendezvous"].get(timeout=60)
+    # Side A connects to side B, or to the relay in front of it.
+    port = spec[spec.get("connect_via", "rendezvous")].get(timeout=60)
     stream = await trio.open_tcp_stream("127.0.0.1", port)  # TCP_NODELAY is set by trio
     async with stream:
         reader = _FrameReader(stream)
@@ -259,3 +266,63 @@ def measure_trio_tcp(cfg: RunConfig) -> dict[str, Measurement]:
         "round_trip": "one frame each way",
     }
     return run_pair(trio_side_a, trio_side_b, spec, cfg, ctx=ctx, notes=notes)
+
+
+# --------------------------------------------------------------------------
+# raw trio TCP through a relay process: the floor under a trio broker
+
+
+def relay_process(spec: dict[str, Any]) -> None:
+    import trio
+
+    trio.run(_relay, spec)
+
+
+async def _relay(spec: dict[str, Any]) -> None:
+    """Connect to side B, accept side A, copy bytes both ways until both end."""
+    import trio
+
+    port_b = spec["rendezvous"].get(timeout=60)
+    to_b = await trio.open_tcp_stream("127.0.0.1", port_b)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        spec["relay_rendezvous"].put(listeners[0].socket.getsockname()[1])
+        to_a = await listeners[0].accept()
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+
+    async def copy(source: Any, sink: Any) -> None:
+        try:
+            while data := await source.receive_some(65536):
+                await sink.send_all(data)
+            await sink.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the other side is gone: the run is over
+
+    async with to_a, to_b, trio.open_nursery() as nursery:
+        nursery.start_soon(copy, to_a, to_b)
+        nursery.start_soon(copy, to_b, to_a)
+
+
+def measure_trio_relay(cfg: RunConfig) -> dict[str, Measurement]:
+    ctx = multiprocessing.get_context("spawn")
+    spec = {
+        "rendezvous": ctx.Queue(),  # side B's port, for the relay
+        "relay_rendezvous": ctx.Queue(),  # the relay's port, for side A
+        "connect_via": "relay_rendezvous",
+    }
+    notes = {
+        "throughput_single": "one frame per send_all, through a copying relay process",
+        "throughput_batched": f"{cfg.batch} frames per send_all, through the relay",
+        "round_trip": "one frame each way through the relay: 4 hops, the floor for a broker",
+    }
+    relay = ctx.Process(target=relay_process, args=(spec,), daemon=True)
+    relay.start()
+    try:
+        return run_pair(trio_side_a, trio_side_b, spec, cfg, ctx=ctx, notes=notes)
+    finally:
+        relay.join(10)
+        if relay.is_alive():
+            relay.terminate()
+            relay.join(5)

@@ -2,8 +2,9 @@
 
 The same shapes of work as the peers (``harness.run_pair``): side A puts
 (one item per ``put``, or ``--batch`` items per ``put_batch``), side B gets
-(``get``, or ``get_batch``); then A and B ping-pong through two queues,
-"ping" and "pong", with ``prefetch=1`` so every get is a fresh request.
+(``get``, or ``get_batch``, with a prefetch of 8 batches); then A and B
+ping-pong through two queues, "ping" and "pong", with ``prefetch=1`` so
+every get is a fresh request.
 The scheduler is a third process, ``python -m trioq scheduler``, started
 here on 127.0.0.1 (port 0) and always stopped at the end.  All three
 processes share the machine's cores, as the peers' processes do.
@@ -77,6 +78,10 @@ def scheduler_process(
                 proc.wait()
 
 
+#: The consumer's prefetch, in batches (``--batch`` items each).
+STREAM_PREFETCH_BATCHES = 8
+
+
 def _barrier(barrier: Any) -> Any:
     import trio
 
@@ -130,7 +135,9 @@ async def _side_b(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: A
     import trioq
 
     async with trioq.connect(spec["address"], token=spec["token"]) as client:
-        queue = client.queue("bench-items", prefetch=plan.cfg.batch)
+        # A streaming consumer leases ahead (the peers buffer too: a pipe, zmq's
+        # high-water mark of 1,000); read-ahead keeps this window topped up.
+        queue = client.queue("bench-items", prefetch=STREAM_PREFETCH_BATCHES * plan.cfg.batch)
         for mode, run, n in plan.throughput_runs():
             await _barrier(barrier)
             if mode == "single":
