@@ -191,3 +191,78 @@ def test_serialize_module_imports_no_pickle() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- the reused packer -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["compiled", "fallback"])
+def packer_class(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type:
+    """Serializers made in the test pack with msgpack's compiled or pure-Python Packer."""
+    import msgpack
+    import msgpack.fallback
+
+    cls = msgpack.fallback.Packer if request.param == "fallback" else msgpack.Packer
+    if request.param == "compiled" and cls is msgpack.fallback.Packer:
+        pytest.skip("msgpack was installed without its extension")
+    monkeypatch.setattr(msgpack, "Packer", cls)
+    return cls
+
+
+class Box:
+    """A type whose registered encoder serializes its content with ``dumps`` again."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Box) and same(self.value, other.value)
+
+    __hash__ = None  # type: ignore[assignment]  # it holds lists: unhashable, like them
+
+    def __repr__(self) -> str:
+        return f"Box({self.value!r})"
+
+
+def _box_serializer() -> Serializer:
+    serializer = Serializer()
+    serializer.register(
+        Box,
+        FIRST_FREE_EXT,
+        lambda box: serializer.dumps(box.value),  # nested: the same serializer, mid-dumps
+        lambda data: Box(serializer.loads(data)),
+    )
+    return serializer
+
+
+NESTED = [1, Box({"a": Box([2, (3, Box("deep"))]), "b": b"\x00"}), "after", Box(None)]
+
+
+def test_an_encoder_that_calls_dumps_of_its_own_serializer_round_trips(packer_class: type) -> None:
+    serializer = _box_serializer()
+    data = serializer.dumps(NESTED)
+    assert serializer.loads(data) == NESTED
+    assert serializer.dumps(NESTED) == data  # the reused packer was left clean
+    assert _box_serializer().dumps(NESTED) == data
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [1, "two", object()],  # refused by the default hook, after two elements were packed
+        [1, 2**70],  # an int beyond 64 bits
+        [1, Box([2, object()])],  # refused inside a nested dumps
+    ],
+    ids=["unserializable", "int-overflow", "nested"],
+)
+def test_dumps_after_a_failed_dumps_is_byte_identical_to_a_fresh_serializers(
+    packer_class: type, bad: Any
+) -> None:
+    serializer = _box_serializer()
+    serializer.dumps(["warm", "up"])  # the packer to be reused exists and was used
+    with pytest.raises(SerializationError):
+        serializer.dumps(bad)
+    good = [3, "four", Box((5,))]
+    data = serializer.dumps(good)
+    assert data == _box_serializer().dumps(good)
+    assert serializer.loads(data) == good

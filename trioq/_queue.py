@@ -84,6 +84,7 @@ class _Link:
         "receivers",
         "discard_read_ahead",
         "topping_up",
+        "held_returns",
     )
 
     def __init__(self, name: str, maxsize: int) -> None:
@@ -97,6 +98,7 @@ class _Link:
         self.receivers = 0  # this client's open receive endpoints
         self.discard_read_ahead = False  # the receivers closed: return what it brings
         self.topping_up: trio.Event | None = None  # set when the read-ahead's answer is in
+        self.held_returns: list[int] = []  # leases to return with the top-up's, in order
 
     def can_put(self, n: int) -> bool:
         return self.unlimited or self.credit >= n
@@ -369,13 +371,17 @@ class Queue:
         def arrived(pending: _Pending) -> None:
             link.topping_up = None
             topping_up.set()
-            if pending.op != Op.REPLY:
-                return  # WouldBlock, the end, an error: the next get finds out itself
-            reply = decode_reply(Items, pending.payload)
-            leased = enumerate(reply.items, reply.first_lease)
-            if link.discard_read_ahead:  # its receivers closed meanwhile: give them back
-                if _usable(client):
-                    client._send_oneway(QueueReturn([lease for lease, _ in leased]))
+            leased: list[tuple[int, bytes]] = []
+            if pending.op == Op.REPLY:  # else WouldBlock, the end, an error: gets find out
+                reply = decode_reply(Items, pending.payload)
+                leased = list(enumerate(reply.items, reply.first_lease))
+            if link.discard_read_ahead:
+                # Its receivers closed meanwhile: give these back, after the ones
+                # the closing held for this moment, in one return (so in order).
+                leases = link.held_returns + [lease for lease, _ in leased]
+                link.held_returns = []
+                if leases and _usable(client):
+                    client._send_oneway(QueueReturn(leases))
                 return
             link.buffer.extend(leased)
 
@@ -554,7 +560,12 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
                 # so the stream's other receivers get them (and its end).
                 leases = [lease for lease, _ in link.buffer]
                 link.buffer.clear()
-                self._queue._client._send_oneway(QueueReturn(leases))
+                if link.topping_up is not None:
+                    # A top-up is on its way with later items: return these with
+                    # them, in one return, so the queue gets them back in order.
+                    link.held_returns.extend(leases)
+                else:
+                    self._queue._client._send_oneway(QueueReturn(leases))
             if not link.receivers:
                 link.discard_read_ahead = True  # a top-up still on its way goes back too
             _close_endpoint(self._queue, "receive")

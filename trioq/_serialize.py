@@ -224,8 +224,8 @@ class Serializer:
 
     def dumps_item(self, obj: Any) -> bytes:
         """``dumps``, wrapped in an envelope listing the references ``obj`` holds."""
-        outer, keys = self._keys, []
-        self._keys = keys  # the reference encoders append here
+        keys: list[str] = []
+        outer, self._keys = self._keys, keys  # the reference encoders append here
         try:
             data = self.dumps(obj)
         finally:
