@@ -419,7 +419,7 @@ class Client:
     ) -> int:
         """Send ``message`` without waiting; ``late`` (if given) gets its answer."""
         self._check_usable()
-        self._flush_pending()
+        self._flush_pending(wake=False)
         request_id = self._next_request
         while request_id in self._pending or request_id == 0:
             request_id = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
@@ -433,7 +433,7 @@ class Client:
     def _send_oneway(self, message: Message) -> None:
         """Send ``message`` with request id 0: no answer; failures come as notices."""
         self._check_usable()
-        self._flush_pending()
+        self._flush_pending(wake=False)
         self._connection.send(message.OP, 0, encode_message(message))
 
     def _put_credited(self, queue: str, items: list[bytes]) -> None:
@@ -595,17 +595,21 @@ class Client:
             if not self._connection.is_broken:
                 self._flush_pending()
 
-    def _flush_pending(self) -> None:
-        """Write the gathered credited puts and acknowledgements as frames."""
+    def _flush_pending(self, *, wake: bool = True) -> None:
+        """Write the gathered credited puts and acknowledgements as frames.
+
+        ``wake=False`` when a frame follows at once (it wakes the writer, or
+        writes directly), so the writer is not woken for nothing.
+        """
         if self._connection.is_broken:
             return
         if self._batch_items:
             items, self._batch_items, self._batch_bytes = self._batch_items, [], 0
             put = QueuePut(self._batch_queue, items, True, True)
-            self._connection.send(Op.QUEUE_PUT, 0, encode_message(put))
+            self._connection.send(Op.QUEUE_PUT, 0, encode_message(put), wake=wake)
         if self._acks:
             acks, self._acks = self._acks, []
-            self._connection.send(Op.ACK, 0, encode_message(Ack(acks)))
+            self._connection.send(Op.ACK, 0, encode_message(Ack(acks)), wake=wake)
 
     # -- the reader -------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -166,8 +167,9 @@ class Serializer:
         self._encoders: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
         self._decoders: dict[int, Callable[[bytes], Any]] = {}
         # Reused by dumps (building a Packer costs more than packing a small
-        # item); None while in use, so a nested dumps from an encoder makes its own.
-        self._packer: msgpack.Packer | None = self._new_packer()
+        # item): one per thread, None while in use, so a nested dumps from an
+        # encoder makes its own.
+        self._packers = threading.local()
 
     @property
     def can_unpickle(self) -> bool:
@@ -197,17 +199,18 @@ class Serializer:
 
     def dumps(self, obj: Any) -> bytes:
         """Serialize ``obj``; ``SerializationError`` if it cannot be carried."""
-        packer, self._packer = self._packer, None
+        packers = self._packers
+        packer = getattr(packers, "packer", None) or self._new_packer()  # None: in use
+        packers.packer = None
         try:
-            data: bytes = (packer or self._new_packer()).pack(obj)  # resets itself on error
+            data: bytes = packer.pack(obj)  # a Packer resets itself on error
             return data
         except SerializationError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot serialize {type(obj).__qualname__}: {exc}") from exc
         finally:
-            if packer is not None:
-                self._packer = packer
+            packers.packer = packer
 
     def register_reference(self, cls: type, key_of: Callable[[Any], str]) -> None:
         """Carry instances of exactly ``cls`` as references (``EXT_REFERENCE``)."""
