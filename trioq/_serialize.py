@@ -163,13 +163,22 @@ class Serializer:
         self._pickler = pickler
         self._unpickler = unpickler
         self.resolver = resolver
-        self._keys: list[str] | None = None  # references met by the running dumps_item
         self._encoders: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
         self._decoders: dict[int, Callable[[bytes], Any]] = {}
-        # Reused by dumps (building a Packer costs more than packing a small
-        # item): one per thread, None while in use, so a nested dumps from an
-        # encoder makes its own.
-        self._packers = threading.local()
+        # Per thread: the Packer reused by dumps (building one costs more than
+        # packing a small item; None while in use, so a nested dumps from an
+        # encoder makes its own) and the references met by the running dumps_item.
+        self._local = threading.local()
+
+    @property
+    def _keys(self) -> list[str] | None:
+        """Where the running ``dumps_item`` of this thread collects references."""
+        keys: list[str] | None = getattr(self._local, "keys", None)
+        return keys
+
+    @_keys.setter
+    def _keys(self, keys: list[str] | None) -> None:
+        self._local.keys = keys
 
     @property
     def can_unpickle(self) -> bool:
@@ -199,9 +208,9 @@ class Serializer:
 
     def dumps(self, obj: Any) -> bytes:
         """Serialize ``obj``; ``SerializationError`` if it cannot be carried."""
-        packers = self._packers
-        packer = getattr(packers, "packer", None) or self._new_packer()  # None: in use
-        packers.packer = None
+        local = self._local
+        packer = getattr(local, "packer", None) or self._new_packer()  # None: in use
+        local.packer = None
         try:
             data: bytes = packer.pack(obj)  # a Packer resets itself on error
             return data
@@ -210,7 +219,7 @@ class Serializer:
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot serialize {type(obj).__qualname__}: {exc}") from exc
         finally:
-            packers.packer = packer
+            local.packer = packer
 
     def register_reference(self, cls: type, key_of: Callable[[Any], str]) -> None:
         """Carry instances of exactly ``cls`` as references (``EXT_REFERENCE``)."""

@@ -97,7 +97,7 @@ class FramedConnection:
     @property
     def buffered(self) -> int:
         """Bytes waiting to be written."""
-        return len(self._encoder)
+        return len(self._encoder) + len(self._unsent)
 
     @property
     def is_broken(self) -> bool:
@@ -163,6 +163,7 @@ class FramedConnection:
         self._urgent = False
         if sent < len(data):
             self._unsent = data[sent:]
+            self._urgent = True  # the rest is still awaited: the writer must not gather
             self.wake_writer()
         elif not self._drained.is_set():
             self._drained.set()
@@ -171,11 +172,11 @@ class FramedConnection:
     def wake_writer(self) -> None:
         """Make the writer run soon (also used by ``before_flush`` users)."""
         self._has_data.set()
-        if len(self._encoder) >= self._high_water and self._drained.is_set():
+        if self.over_high_water() and self._drained.is_set():
             self._drained = trio.Event()
 
     def over_high_water(self) -> bool:
-        return len(self._encoder) >= self._high_water
+        return len(self._encoder) + len(self._unsent) >= self._high_water
 
     async def wait_writable(self) -> None:
         """Wait while the outgoing buffer is over its high-water mark."""
@@ -232,7 +233,7 @@ class FramedConnection:
         return trio.current_time() - self._last_flush < self._busy_window
 
     def _buffered_and_pending(self) -> int:
-        return len(self._encoder) + self.pending_bytes()
+        return len(self._encoder) + len(self._unsent) + self.pending_bytes()
 
     async def _gather_more(self) -> None:
         """Yield while other tasks keep adding frames, so they leave in one write.
