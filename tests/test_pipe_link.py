@@ -71,10 +71,22 @@ async def test_both_ends_in_use_switch_to_a_direct_link_and_keep_every_value_in_
                     received.append(value)
 
             nursery.start_soon(read_all)
-            for i in range(n):  # the link comes up somewhere in the middle
-                await a.send(i)
+            sent = 0
+
+            async def send() -> None:
+                nonlocal sent
+                await a.send(sent)
+                sent += 1
+
+            for _ in range(n):  # over the queues while the link comes up
+                await send()
+            while not a._switched_out:
+                await send()
+                await trio.lowlevel.checkpoint()  # sends need not switch; the setup must run
+            for _ in range(n):  # over the link
+                await send()
             await a.aclose()
-        assert received == list(range(n))
+        assert received == list(range(sent))
         assert a._switched_out and b._switched_in
 
 

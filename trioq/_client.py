@@ -39,6 +39,7 @@ from ._exceptions import (
 from ._future import Future
 from ._impl import core
 from ._messages import (
+    FLAG_AWAITED,
     ITEM_OVERHEAD,
     REPLY_OVERHEAD,
     Ack,
@@ -424,7 +425,16 @@ class Client:
         while request_id in self._pending or request_id == 0:
             request_id = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
         self._next_request = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
-        self._connection.send(message.OP, request_id, encode_message(message), urgent=True)
+        # Nothing else in flight: someone waits on this answer alone, so the request
+        # and its answer skip write gathering.  Requests in a stream are gathered.
+        awaited = not self._pending
+        self._connection.send(
+            message.OP,
+            request_id,
+            encode_message(message),
+            FLAG_AWAITED if awaited else 0,
+            urgent=awaited,
+        )
         pending = _Pending()
         pending.late = late
         self._pending[request_id] = pending

@@ -30,6 +30,7 @@ import msgpack
 from ._exceptions import RemoteProtocolError
 
 __all__ = [
+    "FLAG_AWAITED",
     "REPLY_OVERHEAD",
     "ITEM_OVERHEAD",
     "Op",
@@ -125,6 +126,11 @@ class Op(enum.IntEnum):
     TASK_WATCH = 81
     SCATTER = 82
 
+
+#: Frame flag on a request: its sender has nothing else in flight and waits on
+#: this answer alone, so the answer goes out at once instead of being gathered
+#: with others (latency); without it answers may be gathered (throughput).
+FLAG_AWAITED = 0x01
 
 #: Bytes of a frame kept for the envelope around items (message fields, array
 #: headers); items themselves get ``max_frame_size - REPLY_OVERHEAD``.

@@ -32,7 +32,14 @@ from ._exceptions import (
     RemoteProtocolError,
 )
 from ._impl import core
-from ._messages import REPLY_OVERHEAD, ErrorReply, Op, decode_request, encode_message
+from ._messages import (
+    FLAG_AWAITED,
+    REPLY_OVERHEAD,
+    ErrorReply,
+    Op,
+    decode_request,
+    encode_message,
+)
 from ._state import Fail, Notice, Reply, SchedulerState
 from ._transport import FramedConnection
 
@@ -99,6 +106,8 @@ class Scheduler:
         )
         self.address: str | None = None
         self._connections: dict[int, FramedConnection] = {}
+        #: Per connection: its requests flagged FLAG_AWAITED not yet answered.
+        self._awaited: dict[int, set[int]] = {}
         self._next_conn = 1
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -152,6 +161,7 @@ class Scheduler:
             return
         self.state.connect(conn_id, name, peer)
         self._connections[conn_id] = connection
+        self._awaited[conn_id] = set()
         log.info("client %d (%s) connected from %s", conn_id, name, peer)
         try:
             async with trio.open_nursery() as nursery:
@@ -180,6 +190,7 @@ class Scheduler:
                     nursery.cancel_scope.cancel()
         finally:
             del self._connections[conn_id]
+            del self._awaited[conn_id]
             try:
                 self._execute(self.state.disconnect(conn_id))
             except Exception:  # a bug here must not stop the scheduler either
@@ -195,6 +206,8 @@ class Scheduler:
             # Tell the client what was wrong, then close this connection only.
             self._send(Fail(conn_id, frame.request_id, "ProtocolError", str(exc)))
             raise
+        if frame.flags & FLAG_AWAITED and frame.request_id:
+            self._awaited[conn_id].add(frame.request_id)
         self._execute(self.state.handle(conn_id, frame.request_id, message))
 
     def _execute(self, out: list[Reply | Fail | Notice]) -> None:
@@ -206,7 +219,6 @@ class Scheduler:
         if connection is None or connection.is_broken:
             return  # its disconnect returns whatever was leased to it
         request_id = 0
-        urgent = True  # a reply: someone waits on it
         if isinstance(instruction, Reply):
             op, payload = Op.REPLY, encode_message(instruction.message)
             request_id = instruction.request_id
@@ -215,7 +227,13 @@ class Scheduler:
             request_id = instruction.request_id
         else:
             op, payload = instruction.message.OP, encode_message(instruction.message)
-            urgent = False  # a notice: gathered with the ones after it
+        # The answer to a request flagged FLAG_AWAITED goes out at once; the rest
+        # (notices, answers in a stream) may be gathered.
+        urgent = False
+        awaited = self._awaited.get(instruction.conn)
+        if awaited is not None and request_id in awaited:
+            awaited.discard(request_id)
+            urgent = True
         try:
             connection.send(op, request_id, payload, urgent=urgent)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

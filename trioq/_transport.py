@@ -7,9 +7,9 @@ Rules:
   ``send_all``, so frames issued together leave together (write
   coalescing).  ``wait_writable`` gives producers back pressure when the
   buffer passes its high-water mark.
-* Gathering waits a few scheduling rounds only for one-way frames sent in
-  a stream (puts, acknowledgements, notices); a frame someone waits on
-  (``urgent``: a request, a reply) goes out with the next write at once.
+* Gathering waits a few scheduling rounds for frames sent in a stream; a
+  frame someone waits on alone (``urgent``: a lone request, its answer;
+  the owner decides, see ``FLAG_AWAITED``) goes out with the next write.
 * Over a plain TCP stream, an urgent frame after a quiet spell (20 us: a
   burst of requests issued together still leaves in one or two writes) is
   written by ``send`` itself, with one non-blocking system call, when the writer
