@@ -115,3 +115,37 @@ async def test_a_flagged_request_answered_later_is_still_answered_urgently(
                     await putter.queue("later").put("x")
             assert not cluster.scheduler._awaited[getter.id]
     assert [urgent for op, _, _, urgent in answered if op == Op.REPLY] == [True]
+
+
+async def test_a_get_parked_in_the_background_does_not_unflag_a_lone_request(
+    cluster: Any,
+) -> None:
+    # A request the scheduler holds (a waiting get) may stay pending for long;
+    # it does not make the client's other lone requests part of a stream.
+    with trio.fail_after(TIMEOUT):
+        async with trioq.connect(cluster.address) as client:
+            waiting = client.queue("parked", prefetch=1)
+            other = client.queue("other")
+            await other.qsize()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiting.get)
+                await trio.testing.wait_all_tasks_blocked()
+                assert client._parked == 1
+                with recorded_sends(client._connection) as sent:
+                    await other.qsize()
+                parked = cluster.scheduler.state._conns[client.id].parked
+                assert cluster.scheduler._awaited[client.id] <= set(parked)
+                nursery.cancel_scope.cancel()
+    ((_, _, flags, urgent),) = [s for s in sent if s[0] == Op.QUEUE_SIZE]
+    assert flags & FLAG_AWAITED and urgent
+
+
+async def test_a_request_nobody_awaits_is_not_flagged(cluster: Any) -> None:
+    # An answer handled by a callback (opening a queue, a top-up) is not urgent.
+    with trio.fail_after(TIMEOUT):
+        async with trioq.connect(cluster.address) as client:
+            with recorded_sends(client._connection) as sent:
+                client.queue("opened-in-passing")
+            await client.queue("opened-in-passing").qsize()
+    ((_, _, flags, urgent),) = [s for s in sent if s[0] == Op.QUEUE_OPEN]
+    assert not flags & FLAG_AWAITED and not urgent

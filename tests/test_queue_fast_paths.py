@@ -19,6 +19,7 @@ selected at import.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -303,10 +304,11 @@ async def test_get_nowait_during_a_top_up_returns_an_item_the_top_up_brings(
             await producer.queue("nowait-top-up").put_batch(range(6))
             await producer.queue("nowait-top-up").qsize()
             q = consumer.queue("nowait-top-up", prefetch=4)
+            consumer._calls_since_switch = 0  # no get below reaches its task switch
             got = [await q.get()]  # asks for 4, keeps 3
             got.append(await q.get())  # 2 left: a top-up asks for the other 2
             got += [await q.get(), await q.get()]  # local: no checkpoint lets it arrive
-            assert q._link.topping_up is not None, "the top-up is no longer in flight"
+            assert q._link.top_up is not None, "the top-up is no longer in flight"
             with trio.fail_after(INSTANT):
                 got.append(await q.get_nowait())
             got.append(await q.get_nowait())
@@ -328,11 +330,12 @@ async def test_closing_the_last_receive_endpoint_during_a_top_up_returns_its_ite
             await producer.queue("close-top-up").put_batch(range(6))
             await producer.queue("close-top-up").qsize()
             q = closer.queue("close-top-up", prefetch=4)
+            closer._calls_since_switch = 0  # no get below reaches its task switch
             receiver = q.open_receive_channel()
             await q.qsize()  # the open is applied
             got = [await receiver.receive()]  # asks for 4, keeps 3
             got.append(await receiver.receive())  # 2 left: a top-up asks for the other 2
-            assert q._link.topping_up is not None
+            assert q._link.top_up is not None
             receiver.close()  # at once: the top-up is still on its way
             await trio.testing.wait_all_tasks_blocked()
             status = queue_status(cluster, "close-top-up")
@@ -359,6 +362,7 @@ async def test_items_returned_by_a_close_during_a_top_up_keep_their_original_ord
             await producer.queue("close-order").put_batch(range(6))
             await producer.queue("close-order").qsize()
             q = closer.queue("close-order", prefetch=4)
+            closer._calls_since_switch = 0  # no get below reaches its task switch
             receiver = q.open_receive_channel()
             await q.qsize()
             assert [await receiver.receive(), await receiver.receive()] == [0, 1]
@@ -367,3 +371,41 @@ async def test_items_returned_by_a_close_during_a_top_up_keep_their_original_ord
             qo = other.queue("close-order")
             rest = [await qo.get_nowait() for _ in range(4)]
     assert rest == [2, 3, 4, 5]
+
+
+async def get_while_closing(q: trioq.Queue, handed_out: list[tuple[str, int]]) -> None:
+    with contextlib.suppress(trio.ClosedResourceError):
+        handed_out.append((q.name, await q.get()))
+
+
+async def close_soon(client: trioq.Client) -> None:
+    await trio.lowlevel.checkpoint()
+    await client.aclose()
+
+
+async def test_a_get_at_its_switch_while_the_client_closes_takes_nothing_it_cannot_acknowledge(
+    cluster: Any,
+) -> None:
+    # The get's task switch lets another task close the client.  An item taken
+    # after that could never be acknowledged, so the scheduler would hand it to
+    # another consumer too: the get must raise instead.  trio runs each batch of
+    # tasks in a random order, so the race is tried many times.
+    handed_out: list[tuple[str, int]] = []
+    redelivered: list[tuple[str, int]] = []
+    with trio.fail_after(TIMEOUT):
+        for trial in range(20):
+            name = f"close-at-switch-{trial}"
+            async with connect(cluster) as producer:
+                await producer.queue(name).put_batch(range(8))
+            async with connect(cluster) as consumer:
+                q = consumer.queue(name, prefetch=8)
+                assert await q.get() == 0  # the other seven are prefetched
+                consumer._calls_since_switch = SCHEDULE_EVERY - 1  # the next get switches
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(get_while_closing, q, handed_out)
+                    nursery.start_soon(close_soon, consumer)
+            async with connect(cluster) as other:
+                oq = other.queue(name)
+                while await oq.qsize():
+                    redelivered.extend((name, item) for item in await oq.get_batch(8))
+    assert not set(handed_out) & set(redelivered), "an item was handed out twice"

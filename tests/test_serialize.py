@@ -266,3 +266,30 @@ def test_dumps_after_a_failed_dumps_is_byte_identical_to_a_fresh_serializers(
     data = serializer.dumps(good)
     assert data == _box_serializer().dumps(good)
     assert serializer.loads(data) == good
+
+
+def test_a_serializer_lets_go_of_a_packer_whose_buffer_grew_large() -> None:
+    # A msgpack Packer never shrinks its buffer; one kept per thread after a
+    # huge item would hold that memory for good.
+    serializer = Serializer()
+    small = serializer.dumps_item({"n": 1})
+    kept = serializer._local.packer
+    assert kept is not None
+    assert serializer.dumps_item({"n": 2}) != small and serializer._local.packer is kept
+    big = b"x" * Serializer.KEEP_PACKER_BELOW
+    assert serializer.loads(serializer.dumps_item(big)) == big
+    assert serializer._local.packer is None
+    assert serializer.loads(serializer.dumps_item({"n": 3})) == {"n": 3}  # a fresh one
+
+
+def test_encode_message_lets_go_of_a_packer_whose_buffer_grew_large() -> None:
+    from trioq import _messages
+
+    small = _messages.QueuePut("q", [b"x"], True, True)
+    _messages.encode_message(small)
+    kept = _messages._packers.pack
+    big = _messages.QueuePut("q", [b"x" * _messages.KEEP_PACKER_BELOW], True, True)
+    assert _messages.decode_request(big.OP, _messages.encode_message(big)) == big
+    assert getattr(_messages._packers, "pack", None) is None
+    assert _messages.decode_request(small.OP, _messages.encode_message(small)) == small
+    assert _messages._packers.pack is not kept

@@ -64,6 +64,9 @@ class ChannelRead(Message):
     max_items: int
     wait: bool
 
+    def may_park(self) -> bool:
+        return self.wait
+
 
 @_message
 @dataclasses.dataclass(frozen=True, slots=True)

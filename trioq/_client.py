@@ -40,9 +40,6 @@ from ._future import Future
 from ._impl import core
 from ._messages import (
     FLAG_AWAITED,
-    ITEM_OVERHEAD,
-    REPLY_OVERHEAD,
-    Ack,
     Cancel,
     CreditNotice,
     CreditReturn,
@@ -51,7 +48,6 @@ from ._messages import (
     Message,
     Op,
     Pushed,
-    QueuePut,
     QueueReturn,
     Status,
     StatusReport,
@@ -59,6 +55,7 @@ from ._messages import (
     decode_reply,
     encode_message,
 )
+from ._outbox import Outbox
 from ._pickling import full_serializer
 from ._task_messages import TaskAbort, TaskAssign, TaskFinished, TaskWatch
 from ._transport import FramedConnection
@@ -86,9 +83,10 @@ _ERRORS: dict[str, type[BaseException]] = {
     "ProtocolError": LocalProtocolError,
 }
 
-ACK_BATCH = 64  # acknowledgements that are sent at once ...
-ACK_DELAY = 0.002  # ... or after this many seconds, whichever comes first
-PUT_BATCH_BYTES = 64 * 1024  # gathered credited puts are written at this size
+#: Items that ``put``/``get`` may serve from local state (put credit, prefetched
+#: items) between two switches to other tasks; every call is a cancel point.
+#: A constant of the library, not a setting.
+SCHEDULE_EVERY = 16
 VERDICT_TIMEOUT = 10.0  # seconds a cancelled call waits for the scheduler's verdict
 CLOSE_TIMEOUT = 5.0  # seconds a closing client waits for the scheduler to finish
 
@@ -96,13 +94,14 @@ CLOSE_TIMEOUT = 5.0  # seconds a closing client waits for the scheduler to finis
 class _Pending:
     """One outstanding request; ``late`` handles an answer nobody waits for."""
 
-    __slots__ = ("event", "op", "payload", "late")
+    __slots__ = ("event", "op", "payload", "late", "parks")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.op = 0
         self.payload = b""
         self.late: Callable[[_Pending], None] | None = None
+        self.parks = False  # the scheduler may hold it (see Message.may_park)
 
 
 def _ignore(pending: _Pending) -> None:
@@ -132,9 +131,8 @@ class Client:
         self._connection = connection
         self._pending: dict[int, _Pending] = {}
         self._next_request = 1
-        self._acks: list[int] = []
-        self._unswitched = 0  # calls served locally since the last switch (see _queue)
-        self._ack_armed = trio.Event()
+        self._calls_since_switch = 0  # served from local state (see _count_local_call)
+        self._parked = 0  # pending requests the scheduler may hold (waiting gets, ...)
         self._broken: BaseException | None = None
         self._closed = False
         self._done = trio.Event()  # set when run() has ended
@@ -148,12 +146,8 @@ class Client:
         self._push_links: dict[str, SimpleQueue] = {}  # push consumers, by queue name
         #: Set by a ``Worker`` on its own connection: gets task assignments.
         self._task_handler: Callable[[Message], None] | None = None
-        self._max_batch_bytes = connection.max_frame_size - REPLY_OVERHEAD
-        self._batch_queue = ""  # the queue of the credited puts gathered below
-        self._batch_items: list[bytes] = []
-        self._batch_bytes = 0
-        connection.before_flush = self._flush_pending
-        connection.pending_bytes = lambda: self._batch_bytes
+        #: Credited puts and acknowledgements not written yet.
+        self._outbox = Outbox(connection)
 
     # -- public ------------------------------------------------------------------
 
@@ -397,7 +391,7 @@ class Client:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        self._flush_pending()
+        self._outbox.flush()
         self._closed = True
         self._connection.start_closing()
         with trio.CancelScope(shield=True):
@@ -420,14 +414,15 @@ class Client:
     ) -> int:
         """Send ``message`` without waiting; ``late`` (if given) gets its answer."""
         self._check_usable()
-        self._flush_pending(wake=False)
+        self._outbox.flush(wake=False)
         request_id = self._next_request
         while request_id in self._pending or request_id == 0:
             request_id = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
         self._next_request = request_id + 1 if request_id < core.MAX_REQUEST_ID else 1
-        # Nothing else in flight: someone waits on this answer alone, so the request
-        # and its answer skip write gathering.  Requests in a stream are gathered.
-        awaited = not self._pending
+        # Someone waits on this answer, and nothing else is in flight but requests
+        # parked in the scheduler: the request and its answer skip write
+        # gathering.  Requests in a stream, and answers nobody awaits, are gathered.
+        awaited = late is None and len(self._pending) == self._parked
         self._connection.send(
             message.OP,
             request_id,
@@ -437,56 +432,30 @@ class Client:
         )
         pending = _Pending()
         pending.late = late
+        if message.may_park():
+            pending.parks = True
+            self._parked += 1
         self._pending[request_id] = pending
         return request_id
 
     def _send_oneway(self, message: Message) -> None:
         """Send ``message`` with request id 0: no answer; failures come as notices."""
         self._check_usable()
-        self._flush_pending(wake=False)
+        self._outbox.flush(wake=False)
         self._connection.send(message.OP, 0, encode_message(message))
 
-    def _put_credited(self, queue: str, items: list[bytes]) -> None:
-        """A put paid with credit: one-way, gathered with the puts just before it.
+    def _count_local_call(self, items: int) -> bool:
+        """Count a call served from local state; True when it is time to switch tasks.
 
-        Consecutive credited puts to one queue leave as one ``QueuePut``, so a
-        producer putting items one by one costs the scheduler one message per
-        write, not one per item.  Anything else sent flushes the gathered puts
-        first, so the scheduler still sees this client's requests in order.
-        Raises ``LocalProtocolError`` (nothing is put) for an item too large
-        for a frame.
+        Fast paths (a put covered by credit, a get of a prefetched item) are
+        cancel points on every call but let other tasks run only once per
+        ``SCHEDULE_EVERY`` items (see ``_queue``).
         """
-        self._check_usable()
-        size = sum(map(len, items)) + ITEM_OVERHEAD * len(items)
-        if size > self._max_batch_bytes:
-            raise LocalProtocolError(
-                f"{size} bytes of items do not fit in one frame "
-                f"(max_frame_size leaves room for {self._max_batch_bytes} bytes of items)"
-            )
-        if queue != self._batch_queue or self._batch_bytes + size > self._max_batch_bytes:
-            self._flush_pending()
-            self._batch_queue = queue
-        self._batch_items.extend(items)
-        self._batch_bytes += size
-        if self._batch_bytes >= PUT_BATCH_BYTES:
-            self._flush_pending()
-        else:
-            self._connection.wake_writer()
-
-    def _put_one(self, queue: str, data: bytes) -> None:
-        """``_put_credited(queue, [data])`` for one item, on a usable client."""
-        size = len(data) + ITEM_OVERHEAD
-        if size > self._max_batch_bytes or queue != self._batch_queue:
-            self._put_credited(queue, [data])
-            return
-        if self._batch_bytes + size > self._max_batch_bytes:
-            self._flush_pending()
-        self._batch_items.append(data)
-        self._batch_bytes += size
-        if self._batch_bytes >= PUT_BATCH_BYTES:
-            self._flush_pending()
-        else:
-            self._connection.wake_writer()
+        self._calls_since_switch += items
+        if self._calls_since_switch >= SCHEDULE_EVERY:
+            self._calls_since_switch = 0
+            return True
+        return False
 
     async def _request(
         self,
@@ -552,8 +521,8 @@ class Client:
     def _withdraw(self, request_id: int) -> None:
         # If the connection is gone, the reader fails every pending request anyway.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            self._flush_pending()
-            self._connection.send(Op.CANCEL, 0, encode_message(Cancel(request_id)))
+            self._outbox.flush(wake=False)
+            self._connection.send(Op.CANCEL, 0, encode_message(Cancel(request_id)), urgent=True)
 
     def _result(self, pending: _Pending, reply_type: type[M]) -> M:
         if pending.op != Op.REPLY:
@@ -570,57 +539,6 @@ class Client:
         cls = _ERRORS.get(reply.kind)
         return cls(reply.message) if cls is not None else RemoteError(reply.kind, reply.message)
 
-    def _ack_one(self, lease: int) -> None:
-        """``_ack([lease])`` without the list (the single ``get``'s path)."""
-        acks = self._acks
-        acks.append(lease)
-        if self._connection.is_broken:
-            return
-        if len(acks) >= ACK_BATCH:
-            self._flush_pending()
-        else:
-            self._ack_armed.set()
-
-    def _ack(self, leases: list[int], *, batch: int = ACK_BATCH) -> None:
-        """Record consumed leases.
-
-        They leave with the next request, or when ``batch`` have gathered, or
-        ``ACK_DELAY`` seconds later: consuming from a prefetched batch then
-        costs no write of its own.  (A push consumer passes half its window,
-        so the scheduler refills it before it runs dry.)
-        """
-        self._acks.extend(leases)
-        if self._connection.is_broken:
-            return
-        if len(self._acks) >= batch:
-            self._flush_pending()
-        else:
-            self._ack_armed.set()
-
-    async def _ack_timer(self) -> None:
-        while True:
-            await self._ack_armed.wait()
-            await trio.sleep(ACK_DELAY)
-            self._ack_armed = trio.Event()
-            if not self._connection.is_broken:
-                self._flush_pending()
-
-    def _flush_pending(self, *, wake: bool = True) -> None:
-        """Write the gathered credited puts and acknowledgements as frames.
-
-        ``wake=False`` when a frame follows at once (it wakes the writer, or
-        writes directly), so the writer is not woken for nothing.
-        """
-        if self._connection.is_broken:
-            return
-        if self._batch_items:
-            items, self._batch_items, self._batch_bytes = self._batch_items, [], 0
-            put = QueuePut(self._batch_queue, items, True, True)
-            self._connection.send(Op.QUEUE_PUT, 0, encode_message(put), wake=wake)
-        if self._acks:
-            acks, self._acks = self._acks, []
-            self._connection.send(Op.ACK, 0, encode_message(Ack(acks)), wake=wake)
-
     # -- the reader -------------------------------------------------------------------
 
     def _on_frame(self, frame: Any) -> None:
@@ -633,6 +551,8 @@ class Client:
                 reply = decode_reply(ErrorReply, frame.payload)
                 raise RemoteProtocolError(f"the scheduler closed the connection: {reply.message}")
             return  # an answer to a request that was abandoned and forgotten
+        if pending.parks:
+            self._parked -= 1
         pending.op = frame.op
         pending.payload = frame.payload
         if pending.late is not None:
@@ -649,7 +569,7 @@ class Client:
                 subscriber._on_deleted()
             if notice.action == "revoke" and not self._connection.is_broken:
                 answer = CreditReturn(notice.queue, notice.credit, unused or 0)
-                self._flush_pending()  # puts paid with that credit must arrive first
+                self._outbox.flush(wake=False)  # puts paid with that credit must arrive first
                 self._connection.send(Op.CREDIT_RETURN, 0, encode_message(answer))
         elif isinstance(notice, Pushed):
             subscriber = self._push_links.get(notice.queue)
@@ -699,7 +619,7 @@ class Client:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._connection.run_writer)
-                nursery.start_soon(self._ack_timer)
+                nursery.start_soon(self._outbox.run_ack_timer)
                 try:
                     await self._connection.run_reader(self._on_frame)
                     if not self._closed:
@@ -722,6 +642,7 @@ class Client:
             for subscriber in self._push_links.values():
                 subscriber._arrived.set()  # a push get waiting there raises
             pending, self._pending = self._pending, {}
+            self._parked = 0
             for entry in pending.values():
                 entry.op = 0
                 if entry.late is not None:

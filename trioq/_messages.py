@@ -179,6 +179,11 @@ class Message:
     def to_list(self) -> list[Any]:
         return [getattr(self, name) for name, _ in self._FIELDS]
 
+    def may_park(self) -> bool:
+        """Can the scheduler hold this request until something happens (an
+        item, room, a value)?  Its answer may then be long in coming."""
+        return False
+
 
 M = TypeVar("M", bound=Message)
 
@@ -204,6 +209,9 @@ def _request(cls: type[M]) -> type[M]:
 # packing a small message.  It has no ``default`` hook, so packing never calls
 # back into Python code that could pack again on the same thread.
 _packers = threading.local()
+#: A packer keeps the largest buffer it ever needed: after a message this
+#: large it is let go rather than kept (answers can carry megabytes of items).
+KEEP_PACKER_BELOW = 1024 * 1024
 
 
 def encode_message(message: Message) -> bytes:
@@ -213,6 +221,8 @@ def encode_message(message: Message) -> bytes:
     except AttributeError:
         pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
     data: bytes = pack(message.to_list())
+    if len(data) >= KEEP_PACKER_BELOW:
+        del _packers.pack  # its buffer grew that large: let it go
     return data
 
 
@@ -403,6 +413,9 @@ class QueuePut(Message):
     credited: bool
     wait: bool
 
+    def may_park(self) -> bool:
+        return self.wait and not self.credited
+
 
 @_message
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -439,6 +452,9 @@ class QueueGet(Message):
     queue: str
     max_items: int
     wait: bool
+
+    def may_park(self) -> bool:
+        return self.wait
 
 
 @_message
@@ -548,6 +564,9 @@ class VariableGet(Message):
     OP = Op.VARIABLE_GET
     name: str
     wait: bool
+
+    def may_park(self) -> bool:
+        return self.wait
 
 
 @_message

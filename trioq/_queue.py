@@ -27,11 +27,10 @@ Rules (the cancellation contract of the product design):
   steady consumer does not stall one round trip per ``prefetch`` items.
 * Every ``put``/``get`` is a cancel point (a cancelled scope raises
   ``trio.Cancelled`` before anything is put or taken).  A call served from
-  local state (put credit, a prefetched item) lets other tasks run at
-  least every ``SCHEDULE_EVERY`` such calls rather than on each one: a
-  switch costs as much as the call itself, and trio documents that its
-  own checkpoints need not switch every time either.  Calls that wait
-  always switch.
+  local state (put credit, a prefetched item) lets other tasks run once
+  every ``SCHEDULE_EVERY`` items rather than on each call, unlike trio's
+  own checkpoints: a switch costs as much as the call itself (see
+  docs/queues.rst).  Calls that wait always switch.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._client import SCHEDULE_EVERY
 from ._messages import (
     Count,
     EndpointClose,
@@ -66,9 +66,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel", "SCHEDULE_EVERY"]
 
-#: Calls served from local state between two switches to other tasks.
-SCHEDULE_EVERY = 16  # items
-
 
 class _Link:
     """What one client knows about one queue; shared by all its handles."""
@@ -82,9 +79,9 @@ class _Link:
         "error",
         "fetching",
         "receivers",
-        "discard_read_ahead",
-        "topping_up",
-        "held_returns",
+        "return_top_up",
+        "top_up",
+        "returns_after_top_up",
     )
 
     def __init__(self, name: str, maxsize: int) -> None:
@@ -96,9 +93,9 @@ class _Link:
         self.error: BaseException | None = None  # from a put nobody waited for
         self.fetching: trio.Event | None = None  # set when this client's asking get ends
         self.receivers = 0  # this client's open receive endpoints
-        self.discard_read_ahead = False  # the receivers closed: return what it brings
-        self.topping_up: trio.Event | None = None  # set when the read-ahead's answer is in
-        self.held_returns: list[int] = []  # leases to return with the top-up's, in order
+        self.return_top_up = False  # the receivers closed: return what it brings
+        self.top_up: trio.Event | None = None  # a top-up in flight: set when it is answered
+        self.returns_after_top_up: list[int] = []  # returned with the top-up's leases, in order
 
     def can_put(self, n: int) -> bool:
         return self.unlimited or self.credit >= n
@@ -152,7 +149,7 @@ class Queue:
         self._client = client
         self._prefetch = _check_count("prefetch", prefetch, 1)
         # Top up at half the buffer; never for prefetch=1 (strict fairness).
-        self._read_ahead_at = prefetch // 2 if prefetch > 1 else -1
+        self._top_up_at = prefetch // 2 if prefetch > 1 else -1
         _check_count("maxsize", maxsize, 0)
         link = client._queue_links.get(name)
         if link is None:
@@ -186,7 +183,9 @@ class Queue:
         a ``maxsize`` that differs from the existing queue's, ``LookupError``
         for an item holding a released future.  A put that used credit did
         not wait for the scheduler: its refusal is raised by this client's
-        next put on the queue.  If cancelled, the item was not put.
+        next put on the queue.  If cancelled, the item was not put.  Always a
+        cancel point; a put covered by credit switches tasks only once every
+        ``SCHEDULE_EVERY`` items (see the queues guide).
         """
         client = self._client
         link = self._link
@@ -194,19 +193,16 @@ class Queue:
         if (
             (link.unlimited or link.credit > 0)
             and link.error is None
-            and client._broken is None
-            and not client._closed
+            and _usable(client)
             and not client._connection.over_high_water()
         ):
             # Fast path, ``_put`` for one item with credit.  ``checkpoint_if_cancelled``
             # does not switch tasks unless it raises, so the checks above still hold.
             await trio.lowlevel.checkpoint_if_cancelled()
-            client._put_one(link.name, data)
+            client._outbox.put_one(link.name, data)
             if not link.unlimited:
                 link.credit -= 1
-            client._unswitched += 1
-            if client._unswitched >= SCHEDULE_EVERY:
-                client._unswitched = 0
+            if client._count_local_call(1):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._put([data], wait=True)
@@ -247,12 +243,11 @@ class Queue:
                 continue  # the credit may have been spent or revoked meanwhile
             # Check and spend with no await between: the commit is atomic.
             client = self._client
-            client._put_credited(link.name, data)
+            client._check_usable()
+            client._outbox.put(link.name, data)
             if not link.unlimited:
                 link.credit -= len(data)
-            client._unswitched += len(data)
-            if client._unswitched >= SCHEDULE_EVERY:
-                client._unswitched = 0
+            if client._count_local_call(len(data)):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._client._request(
@@ -267,22 +262,25 @@ class Queue:
         Raises ``trio.EndOfChannel`` once the queue's last send endpoint
         closed and it is empty, ``trio.BrokenResourceError`` if it was
         deleted.  If cancelled, either nothing was taken or the item is
-        kept for this client's next ``get`` on the queue.
+        kept for this client's next ``get`` on the queue.  Always a cancel
+        point; a get of a prefetched item switches tasks only once every
+        ``SCHEDULE_EVERY`` items (see the queues guide).
         """
         link = self._link
         client = self._client
-        if link.buffer and not client._closed and client._broken is None:
+        if link.buffer and _usable(client):
             # Fast path: an item prefetched here.
             await trio.lowlevel.checkpoint_if_cancelled()
-            client._unswitched += 1
-            if client._unswitched >= SCHEDULE_EVERY:
-                client._unswitched = 0
+            if client._count_local_call(1):
                 await trio.lowlevel.cancel_shielded_checkpoint()
-            if link.buffer:  # still there after the switch
+            # Still there, and the client still open, after the switch?  (An item
+            # taken from a closing client could not be acknowledged: the
+            # scheduler would give it to another consumer as well.)
+            if link.buffer and _usable(client):
                 lease, data = link.buffer.popleft()
-                client._ack_one(lease)
-                if len(link.buffer) <= self._read_ahead_at:
-                    self._read_ahead()
+                client._outbox.ack_one(lease)
+                if len(link.buffer) <= self._top_up_at:
+                    self._top_up()
                 return client._serializer.loads(data)
         return (await self._get(1, wait=True))[0]
 
@@ -309,16 +307,14 @@ class Queue:
         client = self._client
         client._check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
-        if link.buffer:
-            client._unswitched += min(n, len(link.buffer))
-            if client._unswitched >= SCHEDULE_EVERY:
-                client._unswitched = 0
-                await trio.lowlevel.cancel_shielded_checkpoint()
+        if link.buffer and client._count_local_call(min(n, len(link.buffer))):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            client._check_usable()  # closed meanwhile: take nothing it cannot acknowledge
         while not link.buffer:
-            if link.topping_up is not None:
+            if link.top_up is not None:
                 # A top-up is on its way (it never waits in the scheduler): its
                 # answer comes first, so take from it rather than ask past it.
-                await link.topping_up.wait()
+                await link.top_up.wait()
             elif wait and link.fetching is not None:
                 # Another task of this client is asking already: share its answer
                 # rather than wait at the scheduler beside items it will bring.
@@ -326,9 +322,9 @@ class Queue:
             else:
                 await self._fetch(n, wait)
         taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
-        client._ack([lease for lease, _ in taken])
-        if len(link.buffer) <= self._read_ahead_at:
-            self._read_ahead()
+        client._outbox.ack([lease for lease, _ in taken])
+        if len(link.buffer) <= self._top_up_at:
+            self._top_up()
         loads = client._serializer.loads
         return [loads(data) for _, data in taken]
 
@@ -348,7 +344,7 @@ class Queue:
             fetching.set()
         link.buffer.extend(enumerate(reply.items, reply.first_lease))
 
-    def _read_ahead(self) -> None:
+    def _top_up(self) -> None:
         """Top the buffer up to ``prefetch`` with items queued now, without waiting.
 
         Called when a get leaves the buffer half empty or worse: the answer
@@ -356,30 +352,30 @@ class Queue:
         ``wait=False``, so it never holds a place among the scheduler's
         waiting getters; an empty queue answers ``WouldBlock``, ignored.
         Gets that find the buffer empty meanwhile wait for this answer
-        (``link.topping_up``) rather than ask past it.
+        (``link.top_up``) rather than ask past it.
         """
         link = self._link
         client = self._client
         want = self._prefetch - len(link.buffer)
-        if link.fetching is not None or link.topping_up is not None or want < 1:
+        if link.fetching is not None or link.top_up is not None or want < 1:
             return
         if client._closed or client._broken is not None or client._connection.is_broken:
             return
-        topping_up = link.topping_up = trio.Event()
-        link.discard_read_ahead = False
+        top_up = link.top_up = trio.Event()
+        link.return_top_up = False
 
         def arrived(pending: _Pending) -> None:
-            link.topping_up = None
-            topping_up.set()
+            link.top_up = None
+            top_up.set()
             leased: list[tuple[int, bytes]] = []
             if pending.op == Op.REPLY:  # else WouldBlock, the end, an error: gets find out
                 reply = decode_reply(Items, pending.payload)
                 leased = list(enumerate(reply.items, reply.first_lease))
-            if link.discard_read_ahead:
+            if link.return_top_up:
                 # Its receivers closed meanwhile: give these back, after the ones
                 # the closing held for this moment, in one return (so in order).
-                leases = link.held_returns + [lease for lease, _ in leased]
-                link.held_returns = []
+                leases = link.returns_after_top_up + [lease for lease, _ in leased]
+                link.returns_after_top_up = []
                 if leases and _usable(client):
                     client._send_oneway(QueueReturn(leases))
                 return
@@ -560,14 +556,14 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
                 # so the stream's other receivers get them (and its end).
                 leases = [lease for lease, _ in link.buffer]
                 link.buffer.clear()
-                if link.topping_up is not None:
+                if link.top_up is not None:
                     # A top-up is on its way with later items: return these with
                     # them, in one return, so the queue gets them back in order.
-                    link.held_returns.extend(leases)
+                    link.returns_after_top_up.extend(leases)
                 else:
                     self._queue._client._send_oneway(QueueReturn(leases))
             if not link.receivers:
-                link.discard_read_ahead = True  # a top-up still on its way goes back too
+                link.return_top_up = True  # a top-up still on its way goes back too
             _close_endpoint(self._queue, "receive")
 
 

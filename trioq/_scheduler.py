@@ -242,4 +242,4 @@ class Scheduler:
             log.error("answer to client %d does not fit in a frame: %s", instruction.conn, exc)
             error = encode_message(ErrorReply("ProtocolError", f"answer too large: {exc}"))
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                connection.send(Op.ERROR, request_id, error)
+                connection.send(Op.ERROR, request_id, error, urgent=urgent)

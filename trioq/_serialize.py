@@ -203,23 +203,31 @@ class Serializer:
         self._encoders[cls] = (code, encode)
         self._decoders[code] = decode
 
+    #: A packer keeps the largest buffer it ever needed: one that packed more
+    #: than this is let go rather than kept for the thread's next small item.
+    KEEP_PACKER_BELOW = 1024 * 1024
+
     def _new_packer(self) -> msgpack.Packer:
         return msgpack.Packer(default=self._default, strict_types=True, use_bin_type=True)
 
     def dumps(self, obj: Any) -> bytes:
         """Serialize ``obj``; ``SerializationError`` if it cannot be carried."""
         local = self._local
-        packer = getattr(local, "packer", None) or self._new_packer()  # None: in use
+        packer = getattr(local, "packer", None)
+        if packer is None:  # the first on this thread, or a nested call: its own
+            packer = self._new_packer()
         local.packer = None
         try:
             data: bytes = packer.pack(obj)  # a Packer resets itself on error
-            return data
         except SerializationError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot serialize {type(obj).__qualname__}: {exc}") from exc
         finally:
             local.packer = packer
+        if len(data) >= self.KEEP_PACKER_BELOW:
+            local.packer = None  # its buffer grew that large: let it go
+        return data
 
     def register_reference(self, cls: type, key_of: Callable[[Any], str]) -> None:
         """Carry instances of exactly ``cls`` as references (``EXT_REFERENCE``)."""

@@ -123,7 +123,7 @@ class SimpleQueue:
         lease, data = self._buffer[0]
         value = self._client._serializer.loads(data)  # a bad item stays leased, not lost
         self._buffer.popleft()
-        self._client._ack([lease], batch=max(1, self._window // 2))
+        self._client._outbox.ack([lease], batch=max(1, self._window // 2))
         return value
 
     async def qsize(self) -> int:

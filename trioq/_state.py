@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ._channel_messages import ChannelRead
 from ._channels import ChannelBoard
 from ._instructions import Board, Fail, Notice, Out, Reply, StateError, check_sizes
 from ._messages import (
@@ -62,7 +61,6 @@ from ._messages import (
     QueueUnsubscribe,
     Status,
     StatusReport,
-    VariableGet,
 )
 from ._queue_records import (
     CREDIT_WINDOW,
@@ -71,19 +69,11 @@ from ._queue_records import (
     Subscriber,
     end_pushed_lease,
 )
-from ._task_messages import TaskResult
 from ._tasks import TaskBoard
 from ._variables_state import VariableBoard
 
 __all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "SchedulerState", "CREDIT_WINDOW"]
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024 - REPLY_OVERHEAD
-
-
-def _may_wait(message: Message) -> bool:
-    """Requests that can park in the scheduler, waiting for an item, room or a value."""
-    if isinstance(message, (QueueGet, VariableGet, TaskResult, ChannelRead)):
-        return message.wait
-    return isinstance(message, QueuePut) and message.wait and not message.credited
 
 
 class SchedulerState:
@@ -151,7 +141,7 @@ class SchedulerState:
         out: Out = []
         handler = self._HANDLERS.get(type(message))
         try:
-            if _may_wait(message):
+            if message.may_park():
                 self._check_fresh(conn, request_id)  # before anything changes
             if isinstance(message, TaskBoard.MESSAGES):
                 self._handle_board(self.tasks, "task", conn, request_id, message, out)

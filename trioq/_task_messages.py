@@ -124,6 +124,9 @@ class TaskResult(Message):
     key: str
     wait: bool
 
+    def may_park(self) -> bool:
+        return self.wait
+
 
 @_message
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -79,8 +79,10 @@ class FramedConnection:
         self._urgent = False  # a frame someone waits on is buffered: write now
         self._sending = False  # the writer is inside send_all
         self._unsent = b""  # what a direct write left over; the writer sends it first
-        # The socket, for direct writes; none over TLS or a test stream.
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # The socket, for direct writes: a plain TCP stream on a POSIX system
+        # (os.write on a socket's descriptor); none over TLS or a test stream.
+        posix = os.name == "posix"
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) and posix else None
         self.last_received = trio.current_time()  # when bytes last came in
         #: Called by the writer just before it takes the buffer: the owner's
         #: chance to turn deferred work (acknowledgements, gathered puts) into frames.
@@ -224,11 +226,11 @@ class FramedConnection:
             self.writer_done.set()
 
     def _busy(self) -> bool:
-        """Is a burst under way?  Then wait for more frames; else send at once.
+        """Is a burst under way (a write soon after the last one)?
 
-        A lone request after a quiet spell goes out immediately (latency); a
-        stream of frames, or a write soon after the last one, is gathered into
-        fewer, larger writes (throughput).
+        Then the writer waits a few rounds for more frames, so a stream
+        leaves in fewer, larger writes (throughput); after a quiet spell it
+        writes at once (latency).  Urgent frames never wait.
         """
         return trio.current_time() - self._last_flush < self._busy_window
 
