@@ -68,14 +68,20 @@ class Outbox:
         self._gather(items, size)
 
     def put_one(self, queue: str, data: bytes) -> None:
-        """``put(queue, [data])``, without the list on the common path."""
+        """``put(queue, [data])``: the common case without lists or extra calls."""
         size = len(data) + ITEM_OVERHEAD
-        if size > self._max_batch_bytes or queue != self._batch_queue:
-            self.put(queue, [data])
+        total = self._batch_bytes + size
+        if queue != self._batch_queue or total > self._max_batch_bytes:
+            self.put(queue, [data])  # a new batch (or a refusal): the general path
+            return
+        self._batch_items.append(data)
+        self._batch_bytes = total
+        if total >= PUT_BATCH_BYTES:
+            self.flush()
         else:
-            self._gather((data,), size)
+            self._connection.wake_writer()
 
-    def _gather(self, items: list[bytes] | tuple[bytes], size: int) -> None:
+    def _gather(self, items: list[bytes], size: int) -> None:
         if self._batch_bytes + size > self._max_batch_bytes:
             self.flush(wake=False)
         self._batch_items.extend(items)

@@ -193,7 +193,8 @@ class Queue:
         if (
             (link.unlimited or link.credit > 0)
             and link.error is None
-            and _usable(client)
+            and client._broken is None
+            and not client._closed
             and not client._connection.over_high_water()
         ):
             # Fast path, ``_put`` for one item with credit.  ``checkpoint_if_cancelled``
@@ -202,7 +203,10 @@ class Queue:
             client._outbox.put_one(link.name, data)
             if not link.unlimited:
                 link.credit -= 1
-            if client._count_local_call(1):
+            # client._count_local_call(1), inline on the hottest path:
+            client._calls_since_switch += 1
+            if client._calls_since_switch >= SCHEDULE_EVERY:
+                client._calls_since_switch = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._put([data], wait=True)
@@ -268,15 +272,19 @@ class Queue:
         """
         link = self._link
         client = self._client
-        if link.buffer and _usable(client):
+        if link.buffer and client._broken is None and not client._closed:
             # Fast path: an item prefetched here.
             await trio.lowlevel.checkpoint_if_cancelled()
-            if client._count_local_call(1):
+            usable = True
+            # client._count_local_call(1), inline on the hottest path:
+            client._calls_since_switch += 1
+            if client._calls_since_switch >= SCHEDULE_EVERY:
+                client._calls_since_switch = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
-            # Still there, and the client still open, after the switch?  (An item
-            # taken from a closing client could not be acknowledged: the
-            # scheduler would give it to another consumer as well.)
-            if link.buffer and _usable(client):
+                # Closed meanwhile?  An item taken now could not be acknowledged:
+                # the scheduler would give it to another consumer as well.
+                usable = _usable(client)
+            if link.buffer and usable:
                 lease, data = link.buffer.popleft()
                 client._outbox.ack_one(lease)
                 if len(link.buffer) <= self._top_up_at:

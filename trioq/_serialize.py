@@ -143,6 +143,14 @@ class Pickled:
         return f"Pickled(<{len(self.data)} bytes>)"
 
 
+class _PerThread(threading.local):
+    """What one thread's calls of a ``Serializer`` keep: its reused Packer
+    (None while in use) and the references its running ``dumps_item`` meets."""
+
+    packer: msgpack.Packer | None = None
+    keys: list[str] | None = None
+
+
 class Serializer:
     """Turns values into msgpack bytes and back, with pluggable extension types.
 
@@ -168,17 +176,7 @@ class Serializer:
         # Per thread: the Packer reused by dumps (building one costs more than
         # packing a small item; None while in use, so a nested dumps from an
         # encoder makes its own) and the references met by the running dumps_item.
-        self._local = threading.local()
-
-    @property
-    def _keys(self) -> list[str] | None:
-        """Where the running ``dumps_item`` of this thread collects references."""
-        keys: list[str] | None = getattr(self._local, "keys", None)
-        return keys
-
-    @_keys.setter
-    def _keys(self, keys: list[str] | None) -> None:
-        self._local.keys = keys
+        self._local = _PerThread()
 
     @property
     def can_unpickle(self) -> bool:
@@ -213,7 +211,7 @@ class Serializer:
     def dumps(self, obj: Any) -> bytes:
         """Serialize ``obj``; ``SerializationError`` if it cannot be carried."""
         local = self._local
-        packer = getattr(local, "packer", None)
+        packer = local.packer
         if packer is None:  # the first on this thread, or a nested call: its own
             packer = self._new_packer()
         local.packer = None
@@ -236,20 +234,22 @@ class Serializer:
 
         def encode(obj: Any) -> bytes:
             key = key_of(obj)
-            if self._keys is not None:
-                self._keys.append(key)
+            keys = self._local.keys
+            if keys is not None:
+                keys.append(key)
             return key.encode()
 
         self._encoders[cls] = (EXT_REFERENCE, encode)
 
     def dumps_item(self, obj: Any) -> bytes:
         """``dumps``, wrapped in an envelope listing the references ``obj`` holds."""
+        local = self._local
         keys: list[str] = []
-        outer, self._keys = self._keys, keys  # the reference encoders append here
+        outer, local.keys = local.keys, keys  # the reference encoders append here
         try:
             data = self.dumps(obj)
         finally:
-            self._keys = outer
+            local.keys = outer
         if not keys:
             return data
         body: bytes = msgpack.packb(list(dict.fromkeys(keys)), use_bin_type=True) + data
@@ -277,14 +277,15 @@ class Serializer:
         if cls is Pickled:
             return msgpack.ExtType(EXT_PICKLE, obj.data)
         if cls is Reference:
-            if self._keys is not None:
-                self._keys.append(obj.key)
+            keys = self._local.keys
+            if keys is not None:
+                keys.append(obj.key)
             return msgpack.ExtType(EXT_REFERENCE, obj.key.encode())
         if self._pickler is None:
             raise SerializationError(
                 f"{cls.__qualname__} is not plain msgpack data and this serializer does not pickle"
             )
-        token = _collecting.set(self._keys)  # references pickled inside note themselves
+        token = _collecting.set(self._local.keys)  # references pickled inside note themselves
         try:
             return msgpack.ExtType(EXT_PICKLE, self._pickler(obj))
         except Exception as exc:
