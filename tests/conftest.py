@@ -16,6 +16,9 @@ from hypothesis import HealthCheck, settings
 
 from trioq import _impl
 
+# The embedded-cluster fixture ``cluster`` (test files may define their own).
+pytest_plugins = ["clusters"]
+
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -11,13 +11,14 @@ client and every earlier answer to it has arrived.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from clusters import connect, queue_status
 
 import trioq
 from trioq._connect import register_local_token
@@ -25,24 +26,6 @@ from trioq._scheduler import Scheduler
 
 TIMEOUT = 10  # whole-test bound
 INSTANT = 2  # bound for something that must not wait at all
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Any]:
-    async with trioq.open_cluster() as cluster:
-        yield cluster
-        cluster.scheduler.state.validate()
-
-
-def connect(cluster: Any, **kwargs: Any) -> Any:
-    return trioq.connect(cluster.address, **kwargs)
-
-
-def queue_status(cluster: Any, name: str) -> dict[str, Any]:
-    for entry in cluster.scheduler.state.status()["queues"]:
-        if entry["name"] == name:
-            return entry
-    raise AssertionError(f"queue {name!r} is not on the scheduler")
 
 
 async def until(predicate: Callable[[], bool]) -> None:

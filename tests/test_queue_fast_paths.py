@@ -21,37 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from clusters import connect, queue_status
 
 import trioq
 from trioq import SCHEDULE_EVERY
 
 TIMEOUT = 10  # whole-test bound
 INSTANT = 2  # bound for something that must not wait at all
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[Any]:
-    async with trioq.open_cluster() as cluster:
-        yield cluster
-        cluster.scheduler.state.validate()
-
-
-def connect(cluster: Any, **kwargs: Any) -> Any:
-    return trioq.connect(cluster.address, **kwargs)
-
-
-def queue_status(cluster: Any, name: str) -> dict[str, Any]:
-    for entry in cluster.scheduler.state.status()["queues"]:
-        if entry["name"] == name:
-            return entry
-    raise AssertionError(f"queue {name!r} is not on the scheduler")
 
 
 class Switches(trio.abc.Instrument):
@@ -143,6 +126,27 @@ async def test_a_get_of_a_prefetched_item_in_a_cancelled_scope_raises_cancelled_
 # -- switches amortized over local calls --------------------------------------------------
 
 
+async def switches_during(call: Callable[[int], Awaitable[None]], n: int) -> tuple[list[int], int]:
+    """Await ``call(0)`` .. ``call(n - 1)`` beside a sibling task that ticks at
+    each of its turns: the call counts (1-based) at which the caller switched
+    tasks, and the sibling's ticks meanwhile."""
+    ticker = Ticker()
+    calls_at_switch: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker.run)
+        await trio.lowlevel.checkpoint()
+        ticks_before = ticker.ticks
+        with counting_switches() as switches:
+            for i in range(n):
+                before = switches.count
+                await call(i)
+                if switches.count != before:
+                    calls_at_switch.append(i + 1)
+        ticks = ticker.ticks - ticks_before
+        nursery.cancel_scope.cancel()
+    return calls_at_switch, ticks
+
+
 async def test_puts_with_credit_let_other_tasks_run_at_least_every_schedule_every_calls(
     cluster: Any,
 ) -> None:
@@ -151,20 +155,7 @@ async def test_puts_with_credit_let_other_tasks_run_at_least_every_schedule_ever
         async with connect(cluster) as client:
             q = client.queue("put-switches")
             await q.qsize()  # known unbounded: every put below has credit
-            ticker = Ticker()
-            calls_at_switch: list[int] = []
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ticker.run)
-                await trio.lowlevel.checkpoint()
-                ticks_before = ticker.ticks
-                with counting_switches() as switches:
-                    for i in range(n):
-                        before = switches.count
-                        await q.put(i)
-                        if switches.count != before:
-                            calls_at_switch.append(i + 1)
-                ticks = ticker.ticks - ticks_before
-                nursery.cancel_scope.cancel()
+            calls_at_switch, ticks = await switches_during(q.put, n)
             assert await q.qsize() == n
     assert longest_run_without_a_switch(calls_at_switch, n) <= SCHEDULE_EVERY
     assert len(calls_at_switch) <= n // SCHEDULE_EVERY + 1, "puts with credit switched each time"
@@ -182,20 +173,11 @@ async def test_gets_of_prefetched_items_let_other_tasks_run_at_least_every_sched
             q = consumer.queue("get-switches", prefetch=n + 1)
             got = [await q.get()]  # brings all of them: the next n gets are local
             assert queue_status(cluster, "get-switches")["size"] == 0
-            ticker = Ticker()
-            calls_at_switch: list[int] = []
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ticker.run)
-                await trio.lowlevel.checkpoint()
-                ticks_before = ticker.ticks
-                with counting_switches() as switches:
-                    for i in range(n):
-                        before = switches.count
-                        got.append(await q.get())
-                        if switches.count != before:
-                            calls_at_switch.append(i + 1)
-                ticks = ticker.ticks - ticks_before
-                nursery.cancel_scope.cancel()
+
+            async def get(_: int) -> None:
+                got.append(await q.get())
+
+            calls_at_switch, ticks = await switches_during(get, n)
     assert got == list(range(n + 1))
     assert longest_run_without_a_switch(calls_at_switch, n) <= SCHEDULE_EVERY
     assert len(calls_at_switch) <= n // SCHEDULE_EVERY + 1, "local gets switched each time"
@@ -318,9 +300,12 @@ async def test_get_nowait_during_a_top_up_returns_an_item_the_top_up_brings(
     assert got == list(range(6))
 
 
-async def test_closing_the_last_receive_endpoint_during_a_top_up_returns_its_items(
+async def test_closing_the_last_receive_endpoint_during_a_top_up_returns_every_item_in_order(
     cluster: Any,
 ) -> None:
+    # docs/queues.rst: leased items go back to the head of the queue "in their
+    # original order" when the client's last receive endpoint on it closes,
+    # including the ones a top-up still on its way brings.
     with trio.fail_after(TIMEOUT):
         async with (
             connect(cluster) as producer,
@@ -335,6 +320,7 @@ async def test_closing_the_last_receive_endpoint_during_a_top_up_returns_its_ite
             await q.qsize()  # the open is applied
             got = [await receiver.receive()]  # asks for 4, keeps 3
             got.append(await receiver.receive())  # 2 left: a top-up asks for the other 2
+            assert got == [0, 1]
             assert q._link.top_up is not None
             receiver.close()  # at once: the top-up is still on its way
             await trio.testing.wait_all_tasks_blocked()
@@ -342,34 +328,9 @@ async def test_closing_the_last_receive_endpoint_during_a_top_up_returns_its_ite
             assert (status["size"], status["leased"]) == (4, 0), "leased items were kept"
             assert not q._link.buffer
             qo = other.queue("close-top-up")
-            got += [await qo.get_nowait() for _ in range(4)]
+            rest = [await qo.get_nowait() for _ in range(4)]
             with pytest.raises(trio.WouldBlock):
                 await qo.get_nowait()
-    assert sorted(got) == list(range(6))
-
-
-async def test_items_returned_by_a_close_during_a_top_up_keep_their_original_order(
-    cluster: Any,
-) -> None:
-    # docs/queues.rst: leased items go back to the head of the queue "in their
-    # original order" when the client's last receive endpoint on it closes.
-    with trio.fail_after(TIMEOUT):
-        async with (
-            connect(cluster) as producer,
-            connect(cluster) as closer,
-            connect(cluster) as other,
-        ):
-            await producer.queue("close-order").put_batch(range(6))
-            await producer.queue("close-order").qsize()
-            q = closer.queue("close-order", prefetch=4)
-            closer._calls_since_switch = 0  # no get below reaches its task switch
-            receiver = q.open_receive_channel()
-            await q.qsize()
-            assert [await receiver.receive(), await receiver.receive()] == [0, 1]
-            receiver.close()  # 2 and 3 go back now, 4 and 5 when the top-up arrives
-            await trio.testing.wait_all_tasks_blocked()
-            qo = other.queue("close-order")
-            rest = [await qo.get_nowait() for _ in range(4)]
     assert rest == [2, 3, 4, 5]
 
 

@@ -219,21 +219,14 @@ async def test_what_a_partial_direct_write_leaves_goes_first_and_every_frame_arr
     assert decoder.at_boundary()
 
 
-class HeldWrites(trio.abc.HalfCloseableStream):
-    """The writer's stream in place of ours: each ``send_all`` writes the first half
-    of its data, then waits for ``resume`` before the rest."""
+class Delegating(trio.abc.HalfCloseableStream):
+    """A stream that passes everything to ``stream``; subclasses change ``send_all``."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
-        self.halfway = trio.Event()
-        self.resume = trio.Event()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        half = len(data) // 2
-        await self._stream.send_all(data[:half])
-        self.halfway.set()
-        await self.resume.wait()
-        await self._stream.send_all(data[half:])
+        await self._stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -246,6 +239,23 @@ class HeldWrites(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+class HeldWrites(Delegating):
+    """The writer's stream in place of ours: each ``send_all`` writes the first half
+    of its data, then waits for ``resume`` before the rest."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        super().__init__(stream)
+        self.halfway = trio.Event()
+        self.resume = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        half = len(data) // 2
+        await self._stream.send_all(data[:half])
+        self.halfway.set()
+        await self.resume.wait()
+        await self._stream.send_all(data[half:])
 
 
 async def test_an_urgent_frame_sent_while_the_writer_is_mid_write_is_left_to_the_writer(
@@ -492,11 +502,11 @@ def test_references_collected_by_dumps_item_stay_with_their_own_thread(
         assert datas == [fresh.dumps_item(item(side, i)) for i in range(rounds)]
 
 
-class FirstWriteRound(trio.abc.HalfCloseableStream):
+class FirstWriteRound(Delegating):
     """Our stream, noting the round (set by the test) of the writer's first ``send_all``."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self.round = 0
         self.first: int | None = None
 
@@ -504,18 +514,6 @@ class FirstWriteRound(trio.abc.HalfCloseableStream):
         if self.first is None:
             self.first = self.round
         await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        return await self._stream.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 async def test_the_rest_of_a_partly_written_urgent_frame_is_not_held_back_by_gathering(
