@@ -244,12 +244,16 @@ async def test_workers_killed_at_random_moments_lose_no_task_and_repeat_none(
         kills = 0
         with trio.fail_after(RUN_TIMEOUT):
             seen: Counter[str] = Counter()
+            finished = [trio.Event()]  # set when a task finishes
             async with trio.open_nursery() as nursery:
 
                 async def killer() -> None:
                     nonlocal kills
-                    while kills < 4:
-                        await trio.sleep(rng.uniform(0.05, 0.25))  # a random moment
+                    # Random moments, measured in finished tasks so that they fall
+                    # while tasks still run however fast the cluster is.
+                    for mark in sorted(rng.sample(range(count // 10, count * 7 // 10), 4)):
+                        while sum(seen.values()) < mark:
+                            await finished[0].wait()
                         busy = [n for n, r in (await workers_up(client)).items() if r]
                         busy = [n for n in busy if n in pool.live]
                         if busy and len(pool.live) > 1:
@@ -261,6 +265,8 @@ async def test_workers_killed_at_random_moments_lose_no_task_and_repeat_none(
                 nursery.start_soon(pool.fail_if_a_worker_exits)
                 async for future in client.as_completed(futures):
                     seen[future.key] += 1
+                    finished[0].set()  # wakes the killer; the next finish sets a new one
+                    finished[0] = trio.Event()
                 nursery.cancel_scope.cancel()
             results = await client.gather(futures)
     assert results == list(range(count)), f"seed {seed}"
