@@ -30,12 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import trio
 
-from ._exceptions import (
-    LocalProtocolError,
-    ProtocolError,
-    RemoteError,
-    RemoteProtocolError,
-)
+from ._exceptions import ProtocolError, RemoteProtocolError, refusal
 from ._future import Future
 from ._impl import core
 from ._messages import (
@@ -71,17 +66,6 @@ __all__ = ["Client"]
 
 M = TypeVar("M", bound=Message)
 CancelMode = Literal["abandon", "withdraw", "outcome"]
-
-_ERRORS: dict[str, type[BaseException]] = {
-    "WouldBlock": trio.WouldBlock,
-    "EndOfChannel": trio.EndOfChannel,
-    "BrokenResourceError": trio.BrokenResourceError,
-    "ClosedResourceError": trio.ClosedResourceError,
-    "ValueError": ValueError,
-    "TypeError": TypeError,
-    "LookupError": LookupError,
-    "ProtocolError": LocalProtocolError,
-}
 
 #: Items that ``put``/``get`` may serve from local state (put credit, prefetched
 #: items) between two switches to other tasks; every call is a cancel point.
@@ -536,8 +520,7 @@ class Client:
             error.__cause__ = self._broken
             return error
         reply = decode_reply(ErrorReply, pending.payload)
-        cls = _ERRORS.get(reply.kind)
-        return cls(reply.message) if cls is not None else RemoteError(reply.kind, reply.message)
+        return refusal(reply.kind, reply.message)
 
     # -- the reader -------------------------------------------------------------------
 
@@ -591,12 +574,7 @@ class Client:
         elif isinstance(notice, ErrorNotice):
             link = self._queue_links.get(notice.queue)
             if link is not None:
-                cls = _ERRORS.get(notice.kind)
-                link.error = (
-                    cls(notice.message)
-                    if cls is not None
-                    else RemoteError(notice.kind, notice.message)
-                )
+                link.error = refusal(notice.kind, notice.message)
 
     def _adopt_future(self, key: str) -> Future:
         """The future for ``key`` read from an item, a value or a task: this

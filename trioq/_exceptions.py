@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import trio
+
 __all__ = [
     "TrioqError",
     "ProtocolError",
@@ -22,6 +24,7 @@ __all__ = [
     "SerializationError",
     "AuthenticationError",
     "RemoteError",
+    "refusal",
     "collapse_single_groups",
     "RemoteTaskError",
     "TaskCancelledError",
@@ -72,6 +75,26 @@ class RemoteError(TrioqError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
+
+
+# The refusals the scheduler names by kind that have an exception of their own.
+_REFUSALS: dict[str, type[BaseException]] = {
+    "WouldBlock": trio.WouldBlock,
+    "EndOfChannel": trio.EndOfChannel,
+    "BrokenResourceError": trio.BrokenResourceError,
+    "ClosedResourceError": trio.ClosedResourceError,
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "LookupError": LookupError,
+    "ProtocolError": LocalProtocolError,
+}
+
+
+def refusal(kind: str, message: str) -> BaseException:
+    """The exception for a refusal of ``kind`` from the scheduler (``RemoteError``
+    for a kind that has none of its own)."""
+    cls = _REFUSALS.get(kind)
+    return cls(message) if cls is not None else RemoteError(kind, message)
 
 
 @contextlib.contextmanager
