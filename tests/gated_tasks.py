@@ -1,4 +1,4 @@
-"""Task functions shared by the in-process end-to-end tests (``open_cluster``).
+"""Task functions shared by the end-to-end tests (``open_cluster``, worker processes).
 
 Module level, so a worker in the same process unpickles them by reference
 and meets the test through ``GATES``: a task waits on its gate, the test
@@ -7,6 +7,7 @@ opens it.  ``conftest.py`` clears the gates before every test.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,22 @@ async def gated(name: str, value: Any) -> Any:
 
 def add(a: int, b: int = 0) -> int:
     return a + b
+
+
+async def async_add(a: int, b: int = 0) -> int:
+    await trio.lowlevel.checkpoint()
+    return a + b
+
+
+def thread_ident() -> int:
+    """The worker thread that runs this (plain functions run in worker threads)."""
+    return threading.get_ident()
+
+
+async def async_thread_ident() -> int:
+    """The thread that runs this (async functions run in the worker's trio thread)."""
+    await trio.lowlevel.checkpoint()
+    return threading.get_ident()
 
 
 @dataclass

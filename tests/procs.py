@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 __all__ = [
@@ -390,6 +391,30 @@ async def limited_scheduler(directory: Path, limit: float) -> AsyncIterator[Sche
             yield running
         print(running.proc.describe())  # shown by pytest only when the test failed
         nursery.cancel_scope.cancel()
+
+
+def limited_scheduler_fixture(limit: float) -> Any:
+    """A ``scheduler`` fixture for a test file: ``limited_scheduler`` in the test's
+    temporary directory, failing the test past ``limit`` seconds."""
+
+    @pytest.fixture
+    async def scheduler(tmp_path: Path) -> AsyncIterator[SchedulerProc]:
+        async with limited_scheduler(tmp_path / "cluster", limit) as running:
+            yield running
+
+    return scheduler
+
+
+def programs_of(script: Path) -> Callable[..., Any]:
+    """``program(scheduler, role, *args, label=None)``: ``script`` (a test file run
+    as its own client programs) as the client program ``role``."""
+
+    def program(
+        scheduler: SchedulerProc, role: str, *args: object, label: str | None = None
+    ) -> Any:
+        return script_process(scheduler, script, role, *args, label=label)
+
+    return program
 
 
 async def _kill_now(process: trio.Process) -> None:

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import procs
-import pytest
 import trio
 
 import trioq
@@ -48,18 +47,10 @@ FUTURES = 12  # futures appended; half of their tasks end before the appender ex
 SCRIPT = Path(__file__).resolve()  # run as the client programs
 
 
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[procs.SchedulerProc]:
-    """A scheduler process on 127.0.0.1:0; the test fails past TEST_TIMEOUT."""
-    async with procs.limited_scheduler(tmp_path / "cluster", TEST_TIMEOUT) as running:
-        yield running
-
-
-def program(
-    scheduler: procs.SchedulerProc, role: str, *args: object, label: str | None = None
-) -> Any:
-    """This file run as the client program ``role``."""
-    return procs.script_process(scheduler, SCRIPT, role, *args, label=label)
+# A scheduler process on 127.0.0.1:0 per test (failing it past TEST_TIMEOUT), and
+# this file run as the client program ``role``.
+scheduler = procs.limited_scheduler_fixture(TEST_TIMEOUT)
+program = procs.programs_of(SCRIPT)
 
 
 def sequence_of(lines: list[str]) -> list[Any]:

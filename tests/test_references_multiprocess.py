@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import procs
-import pytest
 import trio
 
 import trioq
@@ -42,18 +41,10 @@ COUNT = 24  # futures passed along; half of their tasks end before the producer 
 SCRIPT = Path(__file__).resolve()  # run as the client programs
 
 
-@pytest.fixture
-async def scheduler(tmp_path: Path) -> AsyncIterator[procs.SchedulerProc]:
-    """A scheduler process on 127.0.0.1:0; the test fails past TEST_TIMEOUT."""
-    async with procs.limited_scheduler(tmp_path / "cluster", TEST_TIMEOUT) as running:
-        yield running
-
-
-def program(
-    scheduler: procs.SchedulerProc, role: str, *args: object, label: str | None = None
-) -> Any:
-    """This file run as the client program ``role``."""
-    return procs.script_process(scheduler, SCRIPT, role, *args, label=label)
+# A scheduler process on 127.0.0.1:0 per test (failing it past TEST_TIMEOUT), and
+# this file run as the client program ``role``.
+scheduler = procs.limited_scheduler_fixture(TEST_TIMEOUT)
+program = procs.programs_of(SCRIPT)
 
 
 async def test_futures_put_in_a_queue_by_a_process_that_exited_are_awaited_in_another(

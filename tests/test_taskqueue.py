@@ -38,6 +38,7 @@ import procs
 import pytest
 import trio
 import trio.testing
+from gated_tasks import add, async_add, async_thread_ident, thread_ident
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -186,24 +187,6 @@ def formatted(record: logging.LogRecord) -> str:
 
 
 # -- task functions (module level: pickled by reference, they see SHARED) ------------------
-
-
-def add(a: int, b: int = 0) -> int:
-    return a + b
-
-
-async def async_add(a: int, b: int = 0) -> int:
-    await trio.lowlevel.checkpoint()
-    return a + b
-
-
-def thread_ident() -> int:
-    return threading.get_ident()
-
-
-async def async_thread_ident() -> int:
-    await trio.lowlevel.checkpoint()
-    return threading.get_ident()
 
 
 def log(name: str) -> str:

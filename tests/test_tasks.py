@@ -28,6 +28,7 @@ import procs
 import pytest
 import trio
 import trio.testing
+from gated_tasks import add, async_add, async_thread_ident, thread_ident
 
 import trioq
 
@@ -86,23 +87,6 @@ async def wait_for(condition: Callable[[], bool]) -> None:
 
 
 # -- task functions (module level: pickled by reference, they see SHARED) ------------------
-
-
-def add(a: int, b: int = 0) -> int:
-    return a + b
-
-
-async def async_add(a: int, b: int = 0) -> int:
-    await trio.lowlevel.checkpoint()
-    return a + b
-
-
-def thread_ident() -> int:
-    return threading.get_ident()
-
-
-async def async_thread_ident() -> int:
-    return threading.get_ident()
 
 
 async def gated(name: str, value: Any = None) -> Any:

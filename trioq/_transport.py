@@ -276,15 +276,7 @@ class FramedConnection:
         """
         decoder = self._decoder
         try:
-            while True:
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
-                self.last_received = trio.current_time()
-                if not data:
-                    if not decoder.at_boundary():
-                        raise RemoteProtocolError("the peer closed the connection mid-frame")
-                    self._mark_broken(trio.EndOfChannel("the peer closed the connection"))
-                    return
-                decoder.feed(data)
+            while await self._receive_more():
                 for frame in decoder:
                     on_frame(frame)
                 if backpressure and self.over_high_water():
@@ -307,19 +299,26 @@ class FramedConnection:
                 frame = decoder.next_frame()
                 if frame is not None:
                     return frame
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
-                self.last_received = trio.current_time()
-                if not data:
-                    if not decoder.at_boundary():
-                        raise RemoteProtocolError("the peer closed the connection mid-frame")
-                    self._mark_broken(trio.EndOfChannel("the peer closed the connection"))
+                if not await self._receive_more():
                     return None
-                decoder.feed(data)
         except trio.Cancelled:
             raise  # the owner stopped reading: the connection is not broken by it
         except BaseException as exc:
             self._mark_broken(exc)
             raise
+
+    async def _receive_more(self) -> bool:
+        """Feed the decoder the peer's next bytes; False at a clean end of stream
+        (``RemoteProtocolError`` for one cut mid-frame)."""
+        data = await self.stream.receive_some(_RECEIVE_SIZE)
+        self.last_received = trio.current_time()
+        if not data:
+            if not self._decoder.at_boundary():
+                raise RemoteProtocolError("the peer closed the connection mid-frame")
+            self._mark_broken(trio.EndOfChannel("the peer closed the connection"))
+            return False
+        self._decoder.feed(data)
+        return True
 
     async def _receive_handshake_frame(self) -> Any:
         while True:
