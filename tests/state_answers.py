@@ -5,8 +5,8 @@ Shared by the sans-IO tests of queues (test_state) and tasks (test_tasks_state).
 
 from __future__ import annotations
 
-from trioq._messages import Message
-from trioq._state import Fail, Out, Reply
+from trioq._scheduler.state import Fail, Out, Reply
+from trioq._wire.messages import Message
 
 
 def answers(out: Out, conn: int, rid: int) -> list[Reply | Fail]:

@@ -17,11 +17,12 @@ import pytest
 import trio
 
 import trioq
-import trioq._transport
-from trioq._auth import HANDSHAKE_MAX_FRAME, ClientHandshake
-from trioq._connect import parse_address
+import trioq._wire.transport
+from trioq._client.connect import parse_address
 from trioq._impl import core
-from trioq._messages import (
+from trioq._scheduler.server import Scheduler, is_loopback
+from trioq._wire.auth import HANDSHAKE_MAX_FRAME, ClientHandshake
+from trioq._wire.messages import (
     Auth,
     ErrorReply,
     Hello,
@@ -31,7 +32,6 @@ from trioq._messages import (
     decode_reply,
     encode_message,
 )
-from trioq._scheduler import Scheduler, is_loopback
 
 TIMEOUT = 10
 
@@ -193,7 +193,7 @@ async def test_a_request_sent_instead_of_auth_is_never_applied(cluster: Any) -> 
 async def test_a_client_that_says_nothing_is_dropped_after_the_handshake_timeout(
     cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trioq._transport, "HANDSHAKE_TIMEOUT", 0.2)
+    monkeypatch.setattr(trioq._wire.transport, "HANDSHAKE_TIMEOUT", 0.2)
     with trio.fail_after(TIMEOUT):
         stream = await raw_stream(cluster)
         async with stream:
@@ -300,7 +300,7 @@ async def test_the_scheduler_routes_pickled_items_without_unpickling_them(cluste
 
 def test_the_scheduler_import_closure_holds_no_pickle_module() -> None:
     code = (
-        "import sys, trioq._scheduler, trioq.__main__\n"
+        "import sys, trioq._scheduler.server, trioq.__main__\n"
         "print(sorted(m for m in sys.modules if 'pickle' in m.lower()))\n"
         "print(trioq.__file__)\n"
     )

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 import trioq
-from trioq._messages import FLAG_AWAITED, Op
+from trioq._wire.messages import FLAG_AWAITED, Op
 
 TIMEOUT = 10  # whole-test bound
 

@@ -46,8 +46,9 @@ from hypothesis.stateful import (
 from state_answers import answers, fail_of, reply_to
 
 import trioq
-from trioq._channel import READ_BATCH
-from trioq._channel_messages import (
+from trioq._client.channel import READ_BATCH
+from trioq._scheduler.state import DEFAULT_MAX_ITEM_BYTES, Fail, Reply, SchedulerState
+from trioq._wire.channel_messages import (
     ChannelAppend,
     ChannelInfo,
     ChannelItems,
@@ -55,10 +56,16 @@ from trioq._channel_messages import (
     ChannelRead,
     ChannelStop,
 )
-from trioq._messages import ITEM_OVERHEAD, Cancel, Message, Ok
-from trioq._serialize import Reference, Serializer
-from trioq._state import DEFAULT_MAX_ITEM_BYTES, Fail, Reply, SchedulerState
-from trioq._task_messages import Submit, TaskAssign, TaskDone, TaskRelease, WorkerHello, WorkerReady
+from trioq._wire.messages import ITEM_OVERHEAD, Cancel, Message, Ok
+from trioq._wire.serialize import Reference, Serializer
+from trioq._wire.task_messages import (
+    Submit,
+    TaskAssign,
+    TaskDone,
+    TaskRelease,
+    WorkerHello,
+    WorkerReady,
+)
 
 WAIT = 10.0  # seconds any one step may take (generous: CI boxes are slow)
 

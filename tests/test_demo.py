@@ -24,8 +24,9 @@ import pytest
 import trio
 
 import trioq
-from trioq import _demo, _demo_parts
 from trioq.__main__ import main
+from trioq._demo import demo as _demo
+from trioq._demo import parts as _demo_parts
 
 WAIT = 60.0  # seconds a part may take under pytest (on a loaded 2-core machine)
 STOP_WITHIN = 5.0  # seconds the demo may take to stop after SIGINT

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import trioq
-from trioq._auth import HANDSHAKE_MAX_FRAME, ClientHandshake
-from trioq._connect import parse_address
+from trioq._client.connect import parse_address
 from trioq._impl import core
-from trioq._messages import (
+from trioq._wire.auth import HANDSHAKE_MAX_FRAME, ClientHandshake
+from trioq._wire.messages import (
     _REQUESTS,
     Ack,
     Cancel,

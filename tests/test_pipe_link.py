@@ -1,7 +1,7 @@
 """A pipe's direct link: made once both ends are used, order kept across the switch.
 
 The ends of a pipe start on scheduler queues and move to a direct TCP
-connection (see ``trioq._pipe_link``).  These tests check the switch
+connection (see ``trioq._client.pipe_link``).  These tests check the switch
 happens, keeps every value in order, ends and breaks as the queues did, and
 that a pipe whose link cannot be made goes on over its queues.  Every wait
 is bounded by ``trio.fail_after``.
@@ -17,7 +17,7 @@ import pytest
 import trio
 
 import trioq
-from trioq import _pipe_link
+from trioq._client import pipe_link as _pipe_link
 
 WAIT = 10.0
 
@@ -162,7 +162,7 @@ async def test_a_stranger_without_the_secret_is_refused_and_the_peer_still_links
         address, _secret = await client.variable(f"{a._pipe}/link").get()
         host, _, port = address.rpartition(":")
         stranger = await trio.open_tcp_stream(host, int(port))
-        from trioq._transport import FramedConnection
+        from trioq._wire.transport import FramedConnection
 
         with pytest.raises(trioq.AuthenticationError):
             await FramedConnection(stranger).client_handshake("not the secret", "stranger")

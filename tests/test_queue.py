@@ -21,8 +21,8 @@ import trio.testing
 from clusters import connect, queue_status
 
 import trioq
-from trioq._connect import register_local_token
-from trioq._scheduler import Scheduler
+from trioq._client.connect import register_local_token
+from trioq._scheduler.server import Scheduler
 
 TIMEOUT = 10  # whole-test bound
 INSTANT = 2  # bound for something that must not wait at all

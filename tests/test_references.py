@@ -53,7 +53,8 @@ from state_answers import answers, fail_of, reply_to
 
 import trioq
 from trioq import SerializationError
-from trioq._messages import (
+from trioq._scheduler.state import Notice, SchedulerState
+from trioq._wire.messages import (
     Ack,
     ErrorNotice,
     Items,
@@ -71,8 +72,8 @@ from trioq._messages import (
     VariableGet,
     VariableSet,
 )
-from trioq._pickling import full_serializer, pickle_dumps, pickle_loads
-from trioq._serialize import (
+from trioq._wire.pickling import full_serializer, pickle_dumps, pickle_loads
+from trioq._wire.serialize import (
     EXT_PICKLE,
     EXT_REFERENCE,
     EXT_REFERENCES,
@@ -85,8 +86,7 @@ from trioq._serialize import (
     references_of,
     resolve_reference,
 )
-from trioq._state import Notice, SchedulerState
-from trioq._task_messages import (
+from trioq._wire.task_messages import (
     Submit,
     TaskAssign,
     TaskDone,

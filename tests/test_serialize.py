@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trioq import SerializationError
-from trioq._pickling import dumps, full_serializer, loads
-from trioq._serialize import EXT_PICKLE, FIRST_FREE_EXT, Pickled, Serializer
+from trioq._wire.pickling import dumps, full_serializer, loads
+from trioq._wire.serialize import EXT_PICKLE, FIRST_FREE_EXT, Pickled, Serializer
 
 int64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 scalars = st.none() | st.booleans() | int64 | st.floats(allow_nan=False) | st.text() | st.binary()
@@ -186,7 +186,7 @@ def test_register_rejects_reserved_and_duplicate_codes() -> None:
 
 def test_serialize_module_imports_no_pickle() -> None:
     code = (
-        "import sys, trioq._serialize, trioq._impl\n"
+        "import sys, trioq._wire.serialize, trioq._impl\n"
         "print(sorted(m for m in sys.modules if 'pickle' in m))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -283,7 +283,7 @@ def test_a_serializer_lets_go_of_a_packer_whose_buffer_grew_large() -> None:
 
 
 def test_encode_message_lets_go_of_a_packer_whose_buffer_grew_large() -> None:
-    from trioq import _messages
+    from trioq._wire import messages as _messages
 
     small = _messages.QueuePut("q", [b"x"], True, True)
     _messages.encode_message(small)

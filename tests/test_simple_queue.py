@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from state_answers import fail_of, reply_to
 
 import trioq
-from trioq._messages import (
+from trioq._scheduler.state import Notice, SchedulerState
+from trioq._wire.messages import (
     Ack,
     Items,
     Message,
@@ -46,9 +47,8 @@ from trioq._messages import (
     QueueSubscribe,
     QueueUnsubscribe,
 )
-from trioq._serialize import Reference, Serializer
-from trioq._state import Notice, SchedulerState
-from trioq._task_messages import Submit
+from trioq._wire.serialize import Reference, Serializer
+from trioq._wire.task_messages import Submit
 
 TIMEOUT = 10  # whole-test bound (end to end)
 INSTANT = 2  # bound for something that must not wait at all

@@ -41,7 +41,8 @@ from hypothesis.stateful import (
 )
 from state_answers import answers, fail_of, reply_to
 
-from trioq._messages import (
+from trioq._scheduler.state import CREDIT_WINDOW, Fail, Notice, Reply, SchedulerState
+from trioq._wire.messages import (
     ITEM_OVERHEAD,
     Ack,
     Cancel,
@@ -69,7 +70,6 @@ from trioq._messages import (
     VariableGet,
     VariableSet,
 )
-from trioq._state import CREDIT_WINDOW, Fail, Notice, Reply, SchedulerState
 
 Out = list[Any]  # Reply | Fail | Notice
 

@@ -1006,10 +1006,10 @@ async def test_shutdown_refuses_new_calls_and_lets_queued_and_running_ones_finis
 
 def never_answer_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-process cluster carries out task cancels and queue deletes, never answering."""
-    from trioq._instructions import Fail, Reply
-    from trioq._messages import QueueDelete
-    from trioq._state import SchedulerState
-    from trioq._task_messages import TaskCancel
+    from trioq._scheduler.instructions import Fail, Reply
+    from trioq._scheduler.state import SchedulerState
+    from trioq._wire.messages import QueueDelete
+    from trioq._wire.task_messages import TaskCancel
 
     handle = SchedulerState.handle
 

@@ -412,7 +412,7 @@ async def test_a_stream_stopped_after_its_child_died_leaves_the_worker_nothing_t
 ):
     # The worker's internal protocol, driven directly: a streamed run blocked
     # handing an item on (nobody reads) outlives its child, then is cancelled.
-    from trioq._taskqueue_workers import _Sink
+    from trioq._taskqueue.workers import _Sink
 
     worker = trioq.ProcessWorker()
     with trio.fail_after(WAIT):

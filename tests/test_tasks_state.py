@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from state_answers import answers, fail_of, reply_to
 
-from trioq._messages import Cancel, Message, Ok, Status, StatusReport
-from trioq._state import Fail, Notice, Reply, SchedulerState
-from trioq._task_messages import (
+from trioq._scheduler.state import Fail, Notice, Reply, SchedulerState
+from trioq._scheduler.tasks import MAX_DEATHS
+from trioq._wire.messages import Cancel, Message, Ok, Status, StatusReport
+from trioq._wire.task_messages import (
     Submit,
     TaskAbort,
     TaskAssign,
@@ -35,7 +36,6 @@ from trioq._task_messages import (
     WorkerHello,
     WorkerReady,
 )
-from trioq._tasks import MAX_DEATHS
 
 Out = list[Any]  # Reply | Fail | Notice
 
@@ -1047,7 +1047,7 @@ TestPushTaskBoardMachine = PushTaskBoardMachine.TestCase
 
 def submit_depending(h: Harness, conn: int, key: str, *deps: str) -> Out:
     """Submit ``key`` whose payload refers to ``deps`` (a reference envelope)."""
-    from trioq._serialize import Reference, Serializer
+    from trioq._wire.serialize import Reference, Serializer
 
     data = Serializer().dumps_item([Reference(dep) for dep in deps])
     rid, out = h.send(conn, Submit(key, data, 0, None, 0))

@@ -42,10 +42,10 @@ import trio
 import trio.testing
 
 import trioq
-from trioq import _transport
-from trioq._messages import Op
-from trioq._serialize import Reference, Serializer, references_of
-from trioq._transport import _COALESCE_ROUNDS, _DIRECT_QUIET, FramedConnection
+from trioq._wire import transport as _transport
+from trioq._wire.messages import Op
+from trioq._wire.serialize import Reference, Serializer, references_of
+from trioq._wire.transport import _COALESCE_ROUNDS, _DIRECT_QUIET, FramedConnection
 
 TIMEOUT = 10  # real seconds: bound on waiting for bytes that must come
 SMALL_BUFFER = 8 * 1024  # socket buffers for the partial-write tests
@@ -382,7 +382,7 @@ import msgpack.fallback
 msgpack.Packer = msgpack.fallback.Packer  # before trioq builds a packer
 sys.setswitchinterval(1e-6)  # threads switch often, in the middle of a pack
 
-from trioq._messages import Ack, QueuePut, VariableSet, encode_message
+from trioq._wire.messages import Ack, QueuePut, VariableSet, encode_message
 
 rounds = int(sys.argv[1])
 puts = [QueuePut(f"q{i}", [bytes([i % 256]) * (i % 40)], i % 2 == 0, True) for i in range(rounds)]

@@ -19,9 +19,9 @@ import pytest
 import trio
 import trio.testing
 
-from trioq import _transport
-from trioq._messages import Op
-from trioq._transport import _COALESCE_ROUNDS, FramedConnection
+from trioq._wire import transport as _transport
+from trioq._wire.messages import Op
+from trioq._wire.transport import _COALESCE_ROUNDS, FramedConnection
 
 ROUNDS = 200  # rounds of the stream of one-way frames
 MARK = 20  # the round whose frame is watched (urgent or not)

@@ -29,46 +29,46 @@ from ._exceptions import (
 from ._impl import core_impl
 
 if TYPE_CHECKING:
-    from ._channel import Channel, ChannelSubscription
-    from ._client import Client
+    from ._client.channel import Channel, ChannelSubscription
+    from ._client.client import Client
+    from ._client.connect import connect
+    from ._client.future import Future
+    from ._client.pipe import Pipe, PipeEnd
+    from ._client.queue import SCHEDULE_EVERY, Queue, QueueReceiveChannel, QueueSendChannel
+    from ._client.simple_queue import SimpleQueue
+    from ._client.variable import Variable
     from ._cluster import Cluster, open_cluster
-    from ._connect import connect
-    from ._future import Future
-    from ._pipe import Pipe, PipeEnd
-    from ._queue import SCHEDULE_EVERY, Queue, QueueReceiveChannel, QueueSendChannel
-    from ._scheduler import Scheduler
-    from ._simple_queue import SimpleQueue
-    from ._taskqueue import TaskInfo, TaskQueue
-    from ._taskqueue_workers import ProcessWorker, RemoteWorker, ThreadWorker
-    from ._variable import Variable
-    from ._worker import Worker, worker_client
+    from ._scheduler.server import Scheduler
+    from ._taskqueue.taskqueue import TaskInfo, TaskQueue
+    from ._taskqueue.workers import ProcessWorker, RemoteWorker, ThreadWorker
+    from ._worker.worker import Worker, worker_client
 
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
-    "connect": "._connect",
-    "Client": "._client",
+    "connect": "._client.connect",
+    "Client": "._client.client",
     "open_cluster": "._cluster",
     "Cluster": "._cluster",
-    "Channel": "._channel",
-    "ChannelSubscription": "._channel",
-    "Queue": "._queue",
-    "SimpleQueue": "._simple_queue",
-    "QueueSendChannel": "._queue",
-    "QueueReceiveChannel": "._queue",
-    "SCHEDULE_EVERY": "._queue",
-    "Scheduler": "._scheduler",
-    "Variable": "._variable",
-    "Future": "._future",
-    "Pipe": "._pipe",
-    "PipeEnd": "._pipe",
-    "Worker": "._worker",
-    "worker_client": "._worker",
-    "TaskQueue": "._taskqueue",
-    "TaskInfo": "._taskqueue",
-    "ThreadWorker": "._taskqueue_workers",
-    "ProcessWorker": "._taskqueue_workers",
-    "RemoteWorker": "._taskqueue_workers",
+    "Channel": "._client.channel",
+    "ChannelSubscription": "._client.channel",
+    "Queue": "._client.queue",
+    "SimpleQueue": "._client.simple_queue",
+    "QueueSendChannel": "._client.queue",
+    "QueueReceiveChannel": "._client.queue",
+    "SCHEDULE_EVERY": "._client.queue",
+    "Scheduler": "._scheduler.server",
+    "Variable": "._client.variable",
+    "Future": "._client.future",
+    "Pipe": "._client.pipe",
+    "PipeEnd": "._client.pipe",
+    "Worker": "._worker.worker",
+    "worker_client": "._worker.worker",
+    "TaskQueue": "._taskqueue.taskqueue",
+    "TaskInfo": "._taskqueue.taskqueue",
+    "ThreadWorker": "._taskqueue.workers",
+    "ProcessWorker": "._taskqueue.workers",
+    "RemoteWorker": "._taskqueue.workers",
 }
 
 __all__ = [

@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    from ._auth import TOKEN_ENV, read_token_file
+    from ._wire.auth import TOKEN_ENV, read_token_file
 
     if args.token_file:
         return read_token_file(args.token_file)
@@ -105,7 +105,7 @@ async def _until_signalled(run: Any) -> None:
 
 
 async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
-    from ._scheduler import Scheduler
+    from ._scheduler.server import Scheduler
 
     scheduler = Scheduler(
         args.host,
@@ -130,7 +130,7 @@ async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
 
 async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
     """A scheduler here and ``--workers`` worker processes, all stopped together."""
-    from ._scheduler import Scheduler
+    from ._scheduler.server import Scheduler
 
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
@@ -158,8 +158,8 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
 
 
 async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
-    from ._connect import resolve_token
-    from ._worker import Worker
+    from ._client.connect import resolve_token
+    from ._worker.worker import Worker
 
     token = resolve_token(args.address, token)  # no token: say so before "joining"
     worker = Worker(
@@ -211,7 +211,7 @@ def format_status(report: dict[str, Any]) -> str:
 
 
 async def _show_status(address: str, token: str | None) -> None:
-    from ._connect import connect
+    from ._client.connect import connect
 
     async with connect(address, token=token, name="trioq status") as client:
         print(format_status(await client.status()))
@@ -248,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "status":
         trio.run(_show_status, args.address, _token(args))
     else:
-        from ._demo import DemoFailure, run_demo
+        from ._demo.demo import DemoFailure, run_demo
 
         try:
             with collapse_single_groups():

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import trio
 
-from ._connect import register_local_token
+from ._client.connect import register_local_token
 from ._exceptions import collapse_single_groups
-from ._scheduler import Scheduler
-from ._worker import Worker
+from ._scheduler.server import Scheduler
+from ._worker.worker import Worker
 
 __all__ = ["Cluster", "open_cluster"]
 

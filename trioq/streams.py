@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING, Any
 import outcome
 import trio
 
+from ._client.future import Future, _forget, _pickle_function, scatter_value, submit
 from ._exceptions import collapse_single_groups
-from ._future import Future, _forget, _pickle_function, scatter_value, submit
-from ._serialize import Pickled
-from ._task_messages import TaskCancel, TaskOutcome, TaskRelease, TaskResult
+from ._wire.serialize import Pickled
+from ._wire.task_messages import TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
 if TYPE_CHECKING:
-    from ._client import Client, _Pending
+    from ._client.client import Client, _Pending
 
 __all__ = ["scatter", "map", "gather", "multiplex", "merge", "DEFAULT_BUFFER"]
 

@@ -1,0 +1,270 @@
+"""``Channel``: a named, replayable, append-only stream shared by every client.
+
+Rules:
+
+* ``append`` does not wait for the scheduler: the element is written on the
+  ordered connection and the call returns; ``flush`` waits until every
+  append of this handle was applied, and raises the first refusal (a
+  stopped channel, say) that nobody has seen yet.  A refusal is also raised
+  by the next ``append``.
+* Iterating (``async for x in channel``) reads from the oldest retained
+  element and then follows new ones, in the scheduler's order, which is the
+  same for every subscriber.  It ends (as a trio channel ends with
+  ``EndOfChannel``) after the last element once the channel is stopped.
+  A cancelled read is withdrawn and the subscription's position does not
+  move: reading is idempotent, so nothing is lost or repeated.
+* Elements are serialized like queue items; futures among them stay alive
+  on the scheduler while the channel retains them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._wire.channel_messages import (
+    ChannelAppend,
+    ChannelInfo,
+    ChannelItems,
+    ChannelOpen,
+    ChannelRead,
+    ChannelStop,
+)
+from .._wire.messages import Ok
+
+if TYPE_CHECKING:
+    from .client import Client, _Pending
+
+__all__ = ["Channel", "ChannelSubscription"]
+
+READ_BATCH = 256  # elements asked for per read by a subscriber
+
+
+class Channel:
+    """A handle on the named replayable channel; get one with ``client.channel``.
+
+    ``maxlen`` (None: unbounded) keeps only the newest elements; it is set
+    by the first handle that opens the channel, and a different value given
+    later raises ``ValueError`` from this handle's next ``append``,
+    ``extend`` or ``flush``.  Raises ``TypeError`` for a name that is not a
+    str, ``ValueError`` for a ``maxlen`` that is not a positive int or None.
+    """
+
+    def __init__(self, client: Client, name: str, maxlen: int | None = None) -> None:
+        if type(name) is not str:
+            raise TypeError(f"channel name must be a str, got {type(name).__name__}")
+        if maxlen is not None and (type(maxlen) is not int or maxlen < 1):
+            raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
+        self._client = client
+        #: The channel's name in the cluster.
+        self.name = name
+        self._maxlen = maxlen or 0
+        self._stopped = False
+        self._in_flight = 0  # appends sent and not yet answered
+        self._settled = trio.Event()  # set when _in_flight drops to 0
+        self._settled.set()
+        self._error: BaseException | None = None  # a refusal nobody has seen
+        client._send_request(ChannelOpen(name, self._maxlen), late=self._on_opened)
+        self._begin()  # flush also waits for the open (a maxlen refused, say)
+
+    def __repr__(self) -> str:
+        return f"<trioq.Channel {self.name!r} maxlen={self.maxlen}>"
+
+    @property
+    def maxlen(self) -> int | None:
+        """The number of elements kept (None: all), as the scheduler reported it."""
+        return self._maxlen or None
+
+    # -- appending ---------------------------------------------------------------------
+
+    async def append(self, element: Any) -> None:
+        """Append ``element`` (data or futures) after every element appended before.
+
+        Returns without waiting for the scheduler (see ``flush``).  Raises
+        ``SerializationError`` for an element that cannot be serialized,
+        ``LocalProtocolError`` for one too large for a frame, and a refusal
+        of an earlier append that nobody has seen yet
+        (``trio.ClosedResourceError`` once the channel was stopped,
+        ``ValueError`` for an element over the size limit, ``LookupError``
+        for one holding a released future).  If cancelled, nothing was appended.
+        """
+        await self.extend([element])
+
+    async def extend(self, elements: Iterable[Any]) -> None:
+        """Append several elements in order, in one message (see ``append``).
+
+        Raises what ``append`` raises; all or none are appended.
+        """
+        dumps = self._client._serializer.dumps_item
+        data = [dumps(element) for element in elements]
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._raise_error()
+        if data:
+            self._client._send_request(ChannelAppend(self.name, data), late=self._on_appended)
+            self._begin()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def flush(self) -> None:
+        """Wait until the scheduler has applied every append made through this handle.
+
+        Raises the first refusal of those appends, as ``append`` would, and
+        ``trio.BrokenResourceError`` if the connection broke (appends still
+        unanswered may be lost).  Cancelling the wait changes nothing: the
+        appends stand.
+        """
+        await self._settled.wait()
+        self._client._check_usable()  # a broken connection: the appends may be lost
+        self._raise_error()
+
+    async def stop(self) -> None:
+        """End every subscriber's iteration after the last element appended.
+
+        Later appends are refused: ``trio.ClosedResourceError`` comes from the
+        appending handle's next ``append``, ``extend`` or ``flush``.
+        Idempotent.  If cancelled, the channel may or may not be stopped;
+        repeating it is safe.
+        """
+        await self._client._request(ChannelStop(self.name), Ok)
+        self._stopped = True
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def snapshot(self) -> list[Any]:
+        """The retained elements, oldest first, as the channel is now.
+
+        Never waits for new elements; it reads in batches, so elements
+        appended meanwhile may be included.  Raises ``SerializationError`` for
+        an element that cannot be deserialized here.  A cancelled call
+        changes nothing.
+        """
+        elements: list[Any] = []
+        loads = self._client._serializer.loads
+        start, end = 0, None
+        while end is None or start < end:
+            reply = await self._read(start, READ_BATCH, wait=False)
+            if end is None:
+                end = reply.end
+            elements.extend(loads(item) for item in reply.items)
+            start = reply.first + len(reply.items)
+            if not reply.items:
+                break
+        return elements
+
+    def __aiter__(self) -> ChannelSubscription:
+        """``self.subscribe()``: every retained element, then new ones."""
+        return self.subscribe()
+
+    def subscribe(self, start: int = 0) -> ChannelSubscription:
+        """A receive channel of every element from number ``start`` (or the
+        oldest retained one), then each new one as it is appended; it raises
+        ``trio.EndOfChannel`` after the last element once the channel stopped.
+
+        Raises ``ValueError`` for a ``start`` that is not an int >= 0.  Sends
+        nothing until the first ``receive``.
+        """
+        if type(start) is not int or start < 0:
+            raise ValueError(f"start must be an int >= 0, got {start!r}")
+        return ChannelSubscription(self, start)
+
+    async def _read(self, start: int, max_items: int, *, wait: bool) -> ChannelItems:
+        try:
+            return await self._client._request(
+                ChannelRead(self.name, start, max_items, wait), ChannelItems, on_cancel="withdraw"
+            )
+        except trio.WouldBlock:  # nothing from ``start`` yet: an empty answer
+            return ChannelItems([], start, start, False)
+
+    # -- answers nobody awaited ---------------------------------------------------------------
+
+    def _begin(self) -> None:
+        """A request of this handle is in flight (``flush`` waits for it)."""
+        if not self._in_flight:
+            self._settled = trio.Event()  # waiters on the old one were already woken
+        self._in_flight += 1
+
+    def _end(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._settled.set()
+
+    def _on_opened(self, pending: _Pending) -> None:
+        try:
+            if pending.op == 0:
+                return  # the connection broke: every later call says so
+            try:
+                info = self._client._result(pending, ChannelInfo)
+            except Exception as exc:
+                self._keep_error(exc)
+                return
+            self._maxlen, self._stopped = info.maxlen, info.stopped
+        finally:
+            self._end()
+
+    def _on_appended(self, pending: _Pending) -> None:
+        if pending.op:
+            try:
+                self._client._result(pending, Ok)
+            except Exception as exc:
+                self._keep_error(exc)
+        self._end()
+
+    def _keep_error(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+
+    def _raise_error(self) -> None:
+        self._client._check_usable()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
+    """One subscriber's reading position in a ``Channel`` (``channel.subscribe()``).
+
+    ``receive`` returns the next element, waiting for one to be appended,
+    and raises ``trio.EndOfChannel`` after the last one once the channel is
+    stopped.  A cancelled ``receive`` leaves the position where it was.
+    """
+
+    def __init__(self, channel: Channel, start: int) -> None:
+        self._channel = channel
+        self._buffered: deque[bytes] = deque()
+        self._closed = False
+        #: The number of the next element to fetch from the scheduler.
+        self.position = start
+
+    async def receive(self) -> Any:
+        """The next element, waiting for one to be appended.
+
+        Raises ``trio.EndOfChannel`` once the channel is stopped and read to
+        the end, ``trio.ClosedResourceError`` after ``aclose``,
+        ``SerializationError`` for an element that cannot be deserialized
+        here.  If cancelled, the position does not move: nothing is lost.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this subscription was closed")
+        if not self._buffered:
+            while not self._buffered:
+                reply = await self._channel._read(self.position, READ_BATCH, wait=True)
+                if not reply.items and reply.stopped:
+                    raise trio.EndOfChannel(f"channel {self._channel.name!r} was stopped")
+                self._buffered.extend(reply.items)
+                self.position = reply.first + len(reply.items)
+        else:
+            await trio.lowlevel.checkpoint()
+        value = self._channel._client._serializer.loads(self._buffered[0])
+        self._buffered.popleft()  # taken only once decoded: a bad element raises again
+        return value
+
+    async def aclose(self) -> None:
+        """Stop reading (the channel itself goes on); idempotent, raises nothing.
+
+        Later ``receive`` calls raise ``trio.ClosedResourceError``.
+        """
+        self._closed = True
+        self._buffered.clear()
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,585 @@
+"""Named queues shared through the scheduler, and their trio channel endpoints.
+
+Rules (the cancellation contract of the product design):
+
+* A ``put`` either put its items or did not, and the caller can tell: it
+  returns only once the items are committed, and raises ``trio.Cancelled``
+  only if they were not.  With put credit (always, for an unbounded queue)
+  the commit is local and instant: the frame is queued on the ordered
+  connection and the scheduler has reserved room for it.  Without credit
+  the put parks in the scheduler; a cancelled one is withdrawn and its
+  verdict awaited before returning.
+* A ``get`` either took nothing, or returns its items: a cancelled get
+  that waits in the scheduler is withdrawn and its verdict awaited (one
+  round trip, shielded); if items had already been sent, the get returns
+  them and the cancellation takes effect at the caller's next checkpoint.
+  Items leased to this client and not yet handed to a caller (prefetched
+  extras) return to the queue if the client goes away.
+* ``*_nowait`` methods are ``async``: they never wait for room or for an
+  item, but may need one round trip to ask the scheduler (a plain method
+  could only answer from local state and would report ``WouldBlock`` for a
+  queue that has items).
+* ``prefetch``: a get asks for up to that many items and keeps the extra
+  ones locally for the next gets (fast, but others cannot take them
+  meanwhile); ``prefetch=1`` gives strict demand-driven fairness.  Once a
+  get leaves half of them or fewer, the client asks (without waiting in
+  the scheduler) for items already queued to top the buffer up, so a
+  steady consumer does not stall one round trip per ``prefetch`` items.
+* Every ``put``/``get`` is a cancel point (a cancelled scope raises
+  ``trio.Cancelled`` before anything is put or taken).  A call served from
+  local state (put credit, a prefetched item) lets other tasks run once
+  every ``SCHEDULE_EVERY`` items rather than on each call, unlike trio's
+  own checkpoints: a switch costs as much as the call itself (see
+  docs/queues.rst).  Calls that wait always switch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._wire.messages import (
+    Count,
+    EndpointClose,
+    EndpointOpen,
+    Items,
+    Ok,
+    Op,
+    PutDone,
+    QueueDelete,
+    QueueGet,
+    QueueInfo,
+    QueueOpen,
+    QueuePut,
+    QueueReturn,
+    QueueSize,
+    decode_reply,
+)
+from .client import SCHEDULE_EVERY
+
+if TYPE_CHECKING:
+    from .client import Client, _Pending
+
+__all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel", "SCHEDULE_EVERY"]
+
+
+class _Link:
+    """What one client knows about one queue; shared by all its handles."""
+
+    __slots__ = (
+        "name",
+        "maxsize",
+        "credit",
+        "unlimited",
+        "buffer",
+        "error",
+        "fetching",
+        "receivers",
+        "return_top_up",
+        "top_up",
+        "returns_after_top_up",
+    )
+
+    def __init__(self, name: str, maxsize: int) -> None:
+        self.name = name
+        self.maxsize = maxsize
+        self.credit = 0  # put credit granted by the scheduler
+        self.unlimited = False  # unbounded queue: puts need no credit
+        self.buffer: deque[tuple[int, bytes]] = deque()  # leased, not yet handed out
+        self.error: BaseException | None = None  # from a put nobody waited for
+        self.fetching: trio.Event | None = None  # set when this client's asking get ends
+        self.receivers = 0  # this client's open receive endpoints
+        self.return_top_up = False  # the receivers closed: return what it brings
+        self.top_up: trio.Event | None = None  # a top-up in flight: set when it is answered
+        self.returns_after_top_up: list[int] = []  # returned with the top-up's leases, in order
+
+    def can_put(self, n: int) -> bool:
+        return self.unlimited or self.credit >= n
+
+    def on_info(self, maxsize: int, accepting: bool) -> None:
+        self.maxsize = maxsize
+        self.unlimited = maxsize == 0 and accepting
+
+    def on_credit(self, credit: int, action: str) -> int | None:
+        """Apply a credit notice; returns the credit to send back, if asked."""
+        if action == "grant":
+            self.credit += credit
+        elif action == "revoke":
+            unused, self.credit = self.credit, 0
+            return unused
+        else:  # "stop", "deleted"
+            self.credit = 0
+            self.unlimited = False
+            if action == "deleted":
+                self.buffer.clear()  # leased from the deleted queue: gone with it
+        return None
+
+
+def _check_count(name: str, value: object, minimum: int) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class Queue:
+    """A named multi-producer, multi-consumer FIFO queue shared by every client.
+
+    Create it with ``client.queue(name, maxsize)``: ``maxsize`` 0 (the
+    default) is unbounded; a positive one bounds the items not yet
+    consumed, and ``put`` waits for room.  Items are any msgpack-able or
+    cloudpickle-able objects.  Raises ``TypeError`` for a name that is not a
+    str or a ``maxsize``/``prefetch`` that is not an int, ``ValueError`` for
+    a negative ``maxsize`` or a ``prefetch`` below 1.  ``async for item in
+    queue`` gets items until ``trio.EndOfChannel``.
+    """
+
+    def __init__(
+        self, client: Client, name: str | None = None, maxsize: int = 0, *, prefetch: int = 16
+    ) -> None:
+        if name is None:
+            name = f"queue-{uuid.uuid4().hex}"
+        if type(name) is not str:
+            raise TypeError(f"queue name must be a str, got {type(name).__name__}")
+        self._client = client
+        self._prefetch = _check_count("prefetch", prefetch, 1)
+        # Top up at half the buffer; never for prefetch=1 (strict fairness).
+        self._top_up_at = prefetch // 2 if prefetch > 1 else -1
+        _check_count("maxsize", maxsize, 0)
+        link = client._queue_links.get(name)
+        if link is None:
+            link = client._queue_links[name] = _Link(name, maxsize)
+        self._link: _Link = link
+        client._send_request(QueueOpen(name, maxsize), late=self._on_opened)
+
+    @property
+    def name(self) -> str:
+        """The queue's name in the cluster."""
+        return self._link.name
+
+    @property
+    def maxsize(self) -> int:
+        """The queue's bound (0: unbounded), as the scheduler last reported it."""
+        return self._link.maxsize
+
+    def __repr__(self) -> str:
+        return f"<trioq.Queue {self.name!r} maxsize={self.maxsize}>"
+
+    # -- putting -------------------------------------------------------------------
+
+    async def put(self, item: Any) -> None:
+        """Put one item, waiting for room if the queue is full.
+
+        Raises ``trio.ClosedResourceError`` once the queue's last send endpoint
+        closed, ``trio.BrokenResourceError`` once its last receive endpoint
+        closed or it was deleted, ``SerializationError`` for an item that
+        cannot be serialized, ``LocalProtocolError`` (nothing put) or
+        ``ValueError`` for an item too large for a frame, ``ValueError`` for
+        a ``maxsize`` that differs from the existing queue's, ``LookupError``
+        for an item holding a released future.  A put that used credit did
+        not wait for the scheduler: its refusal is raised by this client's
+        next put on the queue.  If cancelled, the item was not put.  Always a
+        cancel point; a put covered by credit switches tasks only once every
+        ``SCHEDULE_EVERY`` items (see the queues guide).
+        """
+        client = self._client
+        link = self._link
+        data = client._serializer.dumps_item(item)
+        if (
+            (link.unlimited or link.credit > 0)
+            and link.error is None
+            and client._broken is None
+            and not client._closed
+            and not client._connection.over_high_water()
+        ):
+            # Fast path, ``_put`` for one item with credit.  ``checkpoint_if_cancelled``
+            # does not switch tasks unless it raises, so the checks above still hold.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            client._outbox.put_one(link.name, data)
+            if not link.unlimited:
+                link.credit -= 1
+            # client._count_local_call(1), inline on the hottest path:
+            client._calls_since_switch += 1
+            if client._calls_since_switch >= SCHEDULE_EVERY:
+                client._calls_since_switch = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._put([data], wait=True)
+
+    async def put_nowait(self, item: Any) -> None:
+        """Put one item or raise ``trio.WouldBlock`` if there is no room now.
+
+        Never waits for room; may take one round trip to ask the scheduler.
+        ``trio.WouldBlock`` also when the connection's send buffer is full.
+        Otherwise raises what ``put`` raises.  If cancelled, the item was not put.
+        """
+        await self._put([self._client._serializer.dumps_item(item)], wait=False)
+
+    async def put_batch(self, items: Iterable[Any]) -> None:
+        """Put several items, all or none, in order (waits for room for all).
+
+        ``ValueError`` if a bounded queue could never hold them all at once,
+        ``LocalProtocolError`` if they do not fit in one frame; otherwise
+        raises what ``put`` raises.  If cancelled, none was put.
+        """
+        dumps = self._client._serializer.dumps_item
+        data = [dumps(item) for item in items]
+        if data:
+            await self._put(data, wait=True)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def _put(self, data: list[bytes], *, wait: bool) -> None:
+        link = self._link
+        self._raise_deferred()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        connection = self._client._connection
+        while link.can_put(len(data)):
+            if connection.over_high_water():  # back pressure before committing
+                if not wait:
+                    raise trio.WouldBlock("the connection's send buffer is full")
+                await connection.wait_writable()
+                continue  # the credit may have been spent or revoked meanwhile
+            # Check and spend with no await between: the commit is atomic.
+            client = self._client
+            client._check_usable()
+            client._outbox.put(link.name, data)
+            if not link.unlimited:
+                link.credit -= len(data)
+            if client._count_local_call(len(data)):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._client._request(
+            QueuePut(link.name, data, False, wait), PutDone, on_cancel="outcome"
+        )
+
+    # -- getting -------------------------------------------------------------------
+
+    async def get(self) -> Any:
+        """Take the oldest item, waiting for one.
+
+        Raises ``trio.EndOfChannel`` once the queue's last send endpoint
+        closed and it is empty, ``trio.BrokenResourceError`` if it was
+        deleted.  If cancelled, either nothing was taken or the item is
+        kept for this client's next ``get`` on the queue.  Always a cancel
+        point; a get of a prefetched item switches tasks only once every
+        ``SCHEDULE_EVERY`` items (see the queues guide).
+        """
+        link = self._link
+        client = self._client
+        if link.buffer and client._broken is None and not client._closed:
+            # Fast path: an item prefetched here.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            usable = True
+            # client._count_local_call(1), inline on the hottest path:
+            client._calls_since_switch += 1
+            if client._calls_since_switch >= SCHEDULE_EVERY:
+                client._calls_since_switch = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                # Closed meanwhile?  An item taken now could not be acknowledged:
+                # the scheduler would give it to another consumer as well.
+                usable = _usable(client)
+            if link.buffer and usable:
+                lease, data = link.buffer.popleft()
+                client._outbox.ack_one(lease)
+                if len(link.buffer) <= self._top_up_at:
+                    self._top_up()
+                return client._serializer.loads(data)
+        return (await self._get(1, wait=True))[0]
+
+    async def get_nowait(self) -> Any:
+        """Take the oldest item or raise ``trio.WouldBlock`` if there is none now.
+
+        Never waits for an item; may take one round trip to ask the scheduler.
+        Otherwise raises, and behaves on cancellation, like ``get``.
+        """
+        return (await self._get(1, wait=False))[0]
+
+    async def get_batch(self, n: int) -> list[Any]:
+        """Take up to ``n`` items, oldest first (at least one, waiting for it).
+
+        Raises ``TypeError`` for an ``n`` that is not an int, ``ValueError``
+        for one below 1; otherwise raises and behaves on cancellation like
+        ``get`` (items already taken are kept for the next get).
+        """
+        _check_count("n", n, 1)
+        return await self._get(n, wait=True)
+
+    async def _get(self, n: int, *, wait: bool) -> list[Any]:
+        link = self._link
+        client = self._client
+        client._check_usable()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if link.buffer and client._count_local_call(min(n, len(link.buffer))):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            client._check_usable()  # closed meanwhile: take nothing it cannot acknowledge
+        while not link.buffer:
+            if link.top_up is not None:
+                # A top-up is on its way (it never waits in the scheduler): its
+                # answer comes first, so take from it rather than ask past it.
+                await link.top_up.wait()
+            elif wait and link.fetching is not None:
+                # Another task of this client is asking already: share its answer
+                # rather than wait at the scheduler beside items it will bring.
+                await link.fetching.wait()
+            else:
+                await self._fetch(n, wait)
+        taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
+        client._outbox.ack([lease for lease, _ in taken])
+        if len(link.buffer) <= self._top_up_at:
+            self._top_up()
+        loads = client._serializer.loads
+        return [loads(data) for _, data in taken]
+
+    async def _fetch(self, n: int, wait: bool) -> None:
+        """Ask the scheduler for items (``prefetch`` of them if it has them) into the buffer."""
+        link = self._link
+        fetching = trio.Event()
+        if wait:
+            link.fetching = fetching
+        try:
+            reply = await self._client._request(
+                QueueGet(link.name, max(n, self._prefetch), wait), Items, on_cancel="outcome"
+            )
+        finally:
+            if link.fetching is fetching:
+                link.fetching = None
+            fetching.set()
+        link.buffer.extend(enumerate(reply.items, reply.first_lease))
+
+    def _top_up(self) -> None:
+        """Top the buffer up to ``prefetch`` with items queued now, without waiting.
+
+        Called when a get leaves the buffer half empty or worse: the answer
+        arrives while the caller consumes the rest.  It asks with
+        ``wait=False``, so it never holds a place among the scheduler's
+        waiting getters; an empty queue answers ``WouldBlock``, ignored.
+        Gets that find the buffer empty meanwhile wait for this answer
+        (``link.top_up``) rather than ask past it.
+        """
+        link = self._link
+        client = self._client
+        want = self._prefetch - len(link.buffer)
+        if link.fetching is not None or link.top_up is not None or want < 1:
+            return
+        if client._closed or client._broken is not None or client._connection.is_broken:
+            return
+        top_up = link.top_up = trio.Event()
+        link.return_top_up = False
+
+        def arrived(pending: _Pending) -> None:
+            link.top_up = None
+            top_up.set()
+            leased: list[tuple[int, bytes]] = []
+            if pending.op == Op.REPLY:  # else WouldBlock, the end, an error: gets find out
+                reply = decode_reply(Items, pending.payload)
+                leased = list(enumerate(reply.items, reply.first_lease))
+            if link.return_top_up:
+                # Its receivers closed meanwhile: give these back, after the ones
+                # the closing held for this moment, in one return (so in order).
+                leases = link.returns_after_top_up + [lease for lease, _ in leased]
+                link.returns_after_top_up = []
+                if leases and _usable(client):
+                    client._send_oneway(QueueReturn(leases))
+                return
+            link.buffer.extend(leased)
+
+        client._send_request(QueueGet(link.name, want, False), late=arrived)
+
+    # -- other operations ---------------------------------------------------------------
+
+    async def qsize(self) -> int:
+        """Items put and not yet consumed (including ones prefetched by clients).
+
+        Raises ``trio.BrokenResourceError`` if the queue was deleted.  A
+        cancelled call changes nothing.
+        """
+        reply = await self._client._request(QueueSize(self.name), Count)
+        return reply.value
+
+    async def delete(self) -> None:
+        """Delete the queue and its items; waiting calls raise ``BrokenResourceError``.
+
+        Deleting a queue that does not exist is not an error.  If cancelled,
+        the deletion may or may not have happened (it is idempotent: repeat it).
+        """
+        await self._client._request(QueueDelete(self.name), Ok)
+        self._link.buffer.clear()  # leased from the deleted queue: gone with it
+
+    def open_channels(self) -> tuple[QueueSendChannel, QueueReceiveChannel]:
+        """A send and a receive endpoint, counted across the cluster.
+
+        Like ``trio.open_memory_channel``: when the last send endpoint in the
+        cluster closes, receivers drain the queue, then get
+        ``trio.EndOfChannel``.  A process that only produces (or only
+        consumes) should open just its half with ``open_send_channel`` (or
+        ``open_receive_channel``): closing an unused half early can end the
+        stream for everyone.  Opening does not wait for the scheduler: a send
+        endpoint opened on a queue that was closed makes this client's next
+        put on it raise ``trio.ClosedResourceError``.
+        """
+        return QueueSendChannel(self), QueueReceiveChannel(self)
+
+    def open_send_channel(self) -> QueueSendChannel:
+        """One send endpoint on this queue (see ``open_channels``)."""
+        return QueueSendChannel(self)
+
+    def open_receive_channel(self) -> QueueReceiveChannel:
+        """One receive endpoint on this queue (see ``open_channels``)."""
+        return QueueReceiveChannel(self)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """Items from ``get`` until ``trio.EndOfChannel``; raises what ``get`` raises."""
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                item = await self.get()
+            except trio.EndOfChannel:
+                return
+            yield item
+
+    # -- answers nobody waits for ---------------------------------------------------------
+
+    def _raise_deferred(self) -> None:
+        self._client._check_usable()
+        error, self._link.error = self._link.error, None
+        if error is not None:
+            raise error
+
+    def _on_opened(self, pending: _Pending) -> None:
+        if pending.op == 0:
+            return  # the connection broke: every later call says so
+        try:
+            info = self._client._result(pending, QueueInfo)
+        except Exception as exc:
+            self._link.error = exc
+            return
+        self._link.on_info(info.maxsize, info.accepting)
+
+
+class QueueSendChannel(trio.abc.SendChannel[Any]):
+    """A ``trio.abc.SendChannel`` that puts into a named queue.
+
+    Every open send endpoint in the cluster is counted by the scheduler;
+    when the last one closes (or its client vanishes), receivers drain the
+    queue and then get ``trio.EndOfChannel``.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self._closed = False
+        queue._client._send_oneway(EndpointOpen(queue.name, "send"))
+
+    async def send(self, value: Any) -> None:
+        """Put ``value`` (see ``Queue.put``, whose errors it raises).
+
+        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this send endpoint was closed")
+        await self._queue.put(value)
+
+    def clone(self) -> QueueSendChannel:
+        """Another send endpoint, counted separately (close each one).
+
+        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this send endpoint was closed")
+        return QueueSendChannel(self._queue)
+
+    async def aclose(self) -> None:
+        """Close this endpoint (idempotent); the scheduler counts it as gone.
+
+        Waits for nothing and raises nothing; on a client that is closed or
+        broken it only closes locally (the scheduler counted it gone already).
+        """
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """``aclose`` without the checkpoint, like a memory channel's ``close``."""
+        if not self._closed:
+            self._closed = True
+            _close_endpoint(self._queue, "send")
+
+
+class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
+    """A ``trio.abc.ReceiveChannel`` that gets from a named queue.
+
+    Counted like send endpoints: once every receive endpoint is closed,
+    sending raises ``trio.BrokenResourceError``.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self._queue = queue
+        self._closed = False
+        queue._client._send_oneway(EndpointOpen(queue.name, "receive"))
+        queue._link.receivers += 1
+
+    async def receive(self) -> Any:
+        """Get an item (see ``Queue.get``, whose errors it raises).
+
+        Raises ``trio.EndOfChannel`` once the last sender closed and the
+        queue is empty, ``trio.ClosedResourceError`` if this endpoint was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this receive endpoint was closed")
+        return await self._queue.get()
+
+    def clone(self) -> QueueReceiveChannel:
+        """Another receive endpoint, counted separately (close each one).
+
+        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this receive endpoint was closed")
+        return QueueReceiveChannel(self._queue)
+
+    async def aclose(self) -> None:
+        """Close this endpoint (idempotent); the scheduler counts it as gone.
+
+        When it is this client's last receive endpoint on the queue, the
+        items prefetched here go back to the queue.  Waits for nothing and
+        raises nothing.
+        """
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """``aclose`` without the checkpoint, like a memory channel's ``close``."""
+        if not self._closed:
+            self._closed = True
+            link = self._queue._link
+            link.receivers -= 1
+            if not link.receivers and link.buffer and _usable(self._queue._client):
+                # The last local receiver is gone: give prefetched items back now,
+                # so the stream's other receivers get them (and its end).
+                leases = [lease for lease, _ in link.buffer]
+                link.buffer.clear()
+                if link.top_up is not None:
+                    # A top-up is on its way with later items: return these with
+                    # them, in one return, so the queue gets them back in order.
+                    link.returns_after_top_up.extend(leases)
+                else:
+                    self._queue._client._send_oneway(QueueReturn(leases))
+            if not link.receivers:
+                link.return_top_up = True  # a top-up still on its way goes back too
+            _close_endpoint(self._queue, "receive")
+
+
+def _usable(client: Client) -> bool:
+    # The connection may break (its reader cancelled) before the client notes it.
+    return not client._closed and client._broken is None and not client._connection.is_broken
+
+
+def _close_endpoint(queue: Queue, kind: str) -> None:
+    if _usable(queue._client):  # else the scheduler counts them closed with the client
+        queue._client._send_oneway(EndpointClose(queue.name, kind))

@@ -1,0 +1,82 @@
+"""Named variables shared through the scheduler (dask ``Variable`` semantics).
+
+Rules: a variable holds one serialized value; ``get`` waits until one is
+set.  A cancelled ``get`` has no effect (its parked read is withdrawn).
+Deadlines come from cancel scopes; ``get(timeout=...)`` is a thin
+``trio.fail_after`` wrapper kept for dask familiarity.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._wire.messages import Ok, Value, VariableDelete, VariableGet, VariableSet
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["Variable"]
+
+
+class Variable:
+    """A named value every client can set and read.  Create it with ``client.variable(name)``.
+
+    Raises ``TypeError`` for a name that is not a str.
+    """
+
+    def __init__(self, client: Client, name: str) -> None:
+        if type(name) is not str:
+            raise TypeError(f"variable name must be a str, got {type(name).__name__}")
+        self._client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<trioq.Variable {self.name!r}>"
+
+    async def set(self, value: Any) -> None:
+        """Set the value; readers waiting for one get it.
+
+        Raises ``SerializationError`` for a value that cannot be serialized,
+        ``ValueError`` (or ``LocalProtocolError``, beyond a frame) for one over
+        the scheduler's size limit, ``LookupError`` for one holding a released
+        future.  If cancelled, it either was set or was not, and the call
+        tells (like ``Queue.put``).
+        """
+        data = self._client._serializer.dumps_item(value)
+        await self._client._request(VariableSet(self.name, data), Ok, on_cancel="outcome")
+
+    async def get(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (dask's API)
+        """The current value, waiting until one is set.
+
+        ``timeout`` (seconds) raises ``trio.TooSlowError`` when it runs out;
+        a thin ``trio.fail_after`` kept for dask familiarity: prefer cancel
+        scopes.  A cancelled ``get`` (or one that timed out) leaves nothing
+        behind: its waiting read is withdrawn.
+        """
+        if timeout is None:
+            return await self._get()
+        with trio.fail_after(timeout):
+            return await self._get()
+
+    async def get_nowait(self) -> Any:
+        """The current value; raises ``LookupError`` if it is not set.
+
+        Never waits for a value (one round trip); a cancelled call changes nothing.
+        """
+        reply = await self._client._request(VariableGet(self.name, False), Value)
+        return self._client._serializer.loads(reply.value)
+
+    async def _get(self) -> Any:
+        reply = await self._client._request(
+            VariableGet(self.name, True), Value, on_cancel="withdraw"
+        )
+        return self._client._serializer.loads(reply.value)
+
+    async def delete(self) -> None:
+        """Forget the value (no error if it was not set).
+
+        If cancelled, it may or may not have been forgotten; repeating it is safe.
+        """
+        await self._client._request(VariableDelete(self.name), Ok)

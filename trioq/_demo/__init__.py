@@ -1,0 +1,1 @@
+"""``python -m trioq demo``: the seed workloads end to end on an embedded cluster."""

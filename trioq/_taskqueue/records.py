@@ -1,0 +1,102 @@
+"""The TaskQueue's records (sans-IO): fair-queueing tags, calls, attached workers.
+
+Rules: these are plain records and arithmetic, no I/O.  ``FairTags`` turns
+a call's niceness and series into the core scheduler's integer priority;
+``_Call`` follows one call from submission to its answer; ``_Handle`` is
+one attached worker and the calls its runners hold.  ``TaskQueue`` (in
+``_taskqueue``) drives them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from .workers import _Sink, _Worker
+
+__all__ = ["FairTags", "TaskInfo"]
+
+_PINNED = object()  # with a worker id: the private series of that worker's updates
+
+
+class FairTags:
+    """Core priorities for calls, sans-IO: niceness first, then fair queueing by series.
+
+    Rule (start-time fair queueing): a call of series ``s`` gets the tag
+    ``max(last tag given to s + 1, vtime)``, where ``vtime`` is the tag of the
+    call dispatched last; calls without a series count as one more series.
+    So series take turns, and one that was idle gets no credit for it: a
+    long series cannot starve one submitted later.  The core priority is
+    ``-((niceness + 20) << 48) - tag`` (the core runs the highest first, FIFO
+    among equals); ``UPDATE`` is above every call.  O(1) per call.
+    """
+
+    UPDATE = 1
+    _TAG_BITS = 48
+
+    def __init__(self) -> None:
+        self.vtime = 0
+        self._last: dict[str | None, int] = {}
+
+    def submit(self, niceness: int, series: str | None) -> tuple[int, int]:
+        """Tag a new call; returns ``(tag, core priority)``."""
+        tag = max(self._last.get(series, -1) + 1, self.vtime)
+        self._last[series] = tag
+        return tag, -((niceness + 20) << self._TAG_BITS) - tag
+
+    def dispatched(self, tag: int) -> None:
+        """A call with ``tag`` went to a worker: virtual time moves on."""
+        self.vtime = max(self.vtime, tag)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A call that ``detach_worker(crash=True)`` took back unfinished."""
+
+    fn: Callable[..., Any]  #: the function
+    args: tuple[Any, ...]  #: its positional arguments
+    kwargs: dict[str, Any]  #: its keyword arguments
+    niceness: int  #: -20 (soonest) .. 20
+    series: str | None  #: the series it belongs to
+
+
+@dataclass(eq=False)
+class _Call:
+    """One ``call`` from submission to its answer (and, for a stream, its end)."""
+
+    key: int
+    info: TaskInfo
+    tag: int  # start-time fair queueing tag
+    priority: int  # in the core
+    attempt: int = 0  # bumped on each dispatch and each time a runner is disowned
+    deaths: int = 0  # workers that died running it
+    scope: trio.CancelScope | None = None  # the current runner's
+    sink: _Sink | None = None  # the current runner's
+    event: trio.Event = field(default_factory=trio.Event)  # set once answered
+    settled: bool = False
+    value: Any = None
+    error: BaseException | None = None
+    queue_error: bool = False  # cancelled/lost: raised even if return_failure is False
+    pinned: _Handle | None = None  # an update's: the one worker it runs on
+
+
+@dataclass(eq=False)
+class _Handle:
+    """An attached worker."""
+
+    id: int
+    worker: _Worker
+    running: set[_Call] = field(default_factory=set)  # calls whose runner has not ended
+    idle: trio.Event = field(default_factory=trio.Event)  # set when ``running`` empties
+    detached: bool = False
+    closed: trio.Event = field(default_factory=trio.Event)  # set once detached gracefully
+    pinned: set[_Call] = field(default_factory=set)  # its updates not yet over
+
+    @property
+    def pin(self) -> tuple[object, int]:
+        """The private series of this worker's updates."""
+        return (_PINNED, self.id)

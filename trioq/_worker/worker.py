@@ -1,0 +1,252 @@
+"""Workers: processes (or tasks) that run submitted callables.
+
+Rules:
+
+* A worker is a client connection that said ``WorkerHello``.  It asks for
+  work (``WorkerReady``) as its slots free up, so dispatch is pull: a slow
+  worker is never sent more than it can run.
+* Plain functions run in worker threads (``trio.to_thread``, at most
+  ``nthreads`` at once, in thread lanes that take the tasks queued behind
+  each other in one thread hop: see ``_worker_threads``); ``async def``
+  functions run as trio tasks in the worker's nursery, at most ``nthreads``
+  at once.  An abort from the scheduler cancels a trio task's scope; a
+  thread cannot be interrupted, so its result is discarded.
+* Payloads are unpickled here: a worker trusts its scheduler, which it
+  authenticated with the shared token.
+* Leaving ``run`` (cancellation, or the scheduler going away) closes the
+  connection; the scheduler then reschedules what was running.  A
+  heartbeat every ``HEARTBEAT_INTERVAL`` seconds tells the scheduler the
+  worker is alive while its tasks run long; a silent worker counts as dead.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import os
+import socket
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from .._client.client import Client
+from .._client.connect import connect
+from .._wire.messages import Message, Ok
+from .._wire.task_messages import (
+    Heartbeat,
+    TaskAbort,
+    TaskAssign,
+    TaskDone,
+    WorkerHello,
+    WorkerReady,
+)
+from .threads import ThreadCall, ThreadLanes
+
+__all__ = ["Worker", "HEARTBEAT_INTERVAL", "worker_client"]
+
+logger = logging.getLogger("trioq.worker")
+
+HEARTBEAT_INTERVAL = 2.0  # seconds; the scheduler's worker_timeout should be several of these
+
+_current_client: contextvars.ContextVar[Client] = contextvars.ContextVar("trioq_worker_client")
+
+
+def _is_async(fn: Any) -> bool:
+    """Does calling ``fn`` give a coroutine (an ``async def``, or an object whose
+    ``__call__`` is one)?  Those run in the worker's trio thread."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 -- an object with an async __call__
+    )
+
+
+def worker_client() -> Client:
+    """The connection of the worker running the current task.
+
+    A task uses it to reach the cluster (queues, variables, more tasks)
+    without a connection of its own.  A task running in a worker thread
+    must go through trio for it: ``trio.from_thread.run_sync`` to make a
+    handle (``client.queue(...)``), ``trio.from_thread.run`` to await.  Raises
+    ``RuntimeError`` outside a task.
+    """
+    try:
+        return _current_client.get()
+    except LookupError:
+        raise RuntimeError("worker_client() is only available inside a task") from None
+
+
+class Worker:
+    """Runs tasks for the scheduler at ``address`` until cancelled.
+
+    Start it with ``await nursery.start(worker.run)``, or from the command
+    line with ``python -m trioq worker ADDRESS``.  ``nthreads`` tasks run at
+    once; ``series`` names the task series it is qualified for.  Raises
+    ``ValueError`` for an ``nthreads`` that is not a positive int.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        name: str | None = None,
+        nthreads: int = 1,
+        series: Iterable[str] = (),
+    ) -> None:
+        if type(nthreads) is not int or nthreads < 1:
+            raise ValueError(f"nthreads must be a positive int, got {nthreads!r}")
+        self.address = address
+        self.name = name or f"worker-{socket.gethostname()}-{os.getpid()}"
+        self.nthreads = nthreads
+        if isinstance(series, (str, bytes)):
+            raise TypeError("series must be an iterable of series names, not one string")
+        self.series = [str(s) for s in series]
+        self._token = token
+        self._slots = trio.Semaphore(nthreads)  # async tasks running at once
+        self._lanes = ThreadLanes(nthreads, self._thread_call_ended)  # plain functions
+        self._running: dict[str, trio.CancelScope | ThreadCall] = {}  # abortable by key
+        self._client: Client | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, announce the slots, run tasks until cancelled or disconnected.
+
+        Reports started once the scheduler has accepted it as a worker, and
+        returns when the scheduler closes the connection or it breaks.
+        Raises what ``trioq.connect`` raises: ``ValueError`` for a malformed
+        address or no token, ``OSError`` if the scheduler cannot be reached,
+        ``AuthenticationError`` if it refuses the token.  Cancelling it
+        closes the connection: the scheduler gives the tasks that were
+        running here to other workers (a thread's call runs on to its end,
+        its result discarded).
+        """
+        async with (
+            connect(self.address, token=self._token, name=self.name) as client,
+            trio.open_nursery() as nursery,
+        ):
+            # Ready for tasks before saying hello: a push scheduler deals at once.
+            self._client = client
+            self._nursery = nursery
+            client._task_handler = self._on_task_message
+            await client._request(WorkerHello(self.name, self.nthreads, self.series), Ok)
+            client._send_oneway(WorkerReady(self.nthreads))
+            nursery.start_soon(self._heartbeat)
+            token = _current_client.set(client)  # the lanes' threads see it too
+            nursery.start_soon(self._lanes.run)
+            _current_client.reset(token)
+            task_status.started()
+            await client._done.wait()  # the connection ended
+            nursery.cancel_scope.cancel()
+
+    async def _heartbeat(self) -> None:
+        """Tell the scheduler this worker is alive, even while its tasks run long."""
+        assert self._client is not None
+        while not self._client._closed and self._client._broken is None:
+            self._client._send_oneway(Heartbeat())
+            await trio.sleep(HEARTBEAT_INTERVAL)
+
+    @property
+    def running(self) -> int:
+        """Tasks running now."""
+        return len(self._running)
+
+    def _on_task_message(self, message: Message) -> None:
+        """Called by the connection's reader: start or abort a task."""
+        if isinstance(message, TaskAssign):
+            assert self._nursery is not None
+            scope = trio.CancelScope()
+            self._running[message.key] = scope
+            self._nursery.start_soon(self._run_task, message, scope)
+        elif isinstance(message, TaskAbort):
+            running = self._running.get(message.key)
+            if running is not None:
+                running.cancel()
+
+    async def _run_task(self, message: TaskAssign, scope: trio.CancelScope) -> None:
+        client = self._client
+        assert client is not None
+        key = message.key
+        ok, data = True, b""
+        with scope:
+            try:
+                _current_client.set(client)  # this task's context (and its threads')
+                fn, args, kwargs = self._load_task(client, message)
+                if scope.cancel_called:
+                    pass  # aborted before it started: it never runs
+                elif not _is_async(fn):
+                    call = ThreadCall(key, fn, args, kwargs)
+                    self._running[key] = call  # an abort now reaches the lane's call
+                    self._lanes.submit(call)
+                    return  # the lane reports (see _thread_call_ended)
+                else:
+                    async with self._slots:  # pushed tasks beyond the slots wait here
+                        result = await fn(*args, **kwargs)
+                    data = client._serializer.dumps_item(result)
+            except Exception as exc:
+                ok, data = False, self._describe_failure(exc)
+        del self._running[key]
+        self._report(key, None if scope.cancel_called else (ok, data))
+
+    def _thread_call_ended(self, call: ThreadCall, outcome: tuple[bool, Any] | None) -> None:
+        """In the trio thread, from a lane: a plain-function task returned (or was skipped)."""
+        try:
+            self._running.pop(call.key, None)
+            report: tuple[bool, bytes] | None = None
+            if outcome is not None and not call.aborted:
+                assert self._client is not None
+                ok, value = outcome
+                try:
+                    report = (True, self._client._serializer.dumps_item(value)) if ok else None
+                except Exception as exc:
+                    ok, value = False, exc
+                if not ok:
+                    report = (False, self._describe_failure(value))
+            self._report(call.key, report)
+        except Exception:  # a callback from a thread must not take the run down
+            logger.exception("trioq worker: reporting task %r failed", call.key)
+
+    def _report(self, key: str, outcome: tuple[bool, bytes] | None) -> None:
+        """Tell the scheduler a task ended (None: aborted, its result unwanted)."""
+        client = self._client
+        if client is None or client._closed or client._broken is not None:
+            return  # the scheduler reschedules it elsewhere
+        if outcome is None:
+            client._send_oneway(WorkerReady(1))
+        else:
+            client._send_oneway(TaskDone(key, *outcome, ready=1))
+
+    @staticmethod
+    def _load_task(client: Client, message: TaskAssign) -> Any:
+        """The task's function and arguments, with its dependencies' results
+        in place of their futures (as dask does)."""
+        serializer = client._serializer
+        if not message.deps:
+            return serializer.loads(message.payload)
+        results = {
+            key: serializer.loads(data)
+            for key, data in zip(message.deps, message.dep_data, strict=True)
+        }
+        adopt = serializer.resolver
+        assert adopt is not None
+
+        def resolve(key: str) -> Any:
+            return results[key] if key in results else adopt(key)
+
+        serializer.resolver = resolve  # no checkpoint until it is restored
+        try:
+            return serializer.loads(message.payload)
+        finally:
+            serializer.resolver = adopt
+
+    def _describe_failure(self, exc: Exception) -> bytes:
+        """The task's exception, as itself if it pickles, with its traceback text."""
+        assert self._client is not None
+        serializer = self._client._serializer
+        remote_traceback = "".join(traceback.format_exception(exc))
+        described: Any = (type(exc).__qualname__, str(exc), remote_traceback)
+        try:
+            return serializer.dumps((exc, *described))
+        except Exception:
+            return serializer.dumps((None, *described))
