@@ -512,7 +512,7 @@ async def _reset(args: argparse.Namespace) -> None:
 
     async with trioq.connect(args.address, name="reset") as client:
         await client.queue("reset").qsize()
-        sock = client._connection.stream.socket  # no public handle on the socket
+        sock = client._session.connection.stream.socket  # no public handle on the socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         _say("connected")
         os.kill(os.getpid(), signal.SIGKILL)

@@ -18,7 +18,7 @@ import trio
 
 import trioq
 import trioq._wire.transport
-from trioq._client.connect import parse_address
+from trioq._client.dial import parse_address
 from trioq._impl import core
 from trioq._scheduler.server import Scheduler, is_loopback
 from trioq._wire.auth import HANDSHAKE_MAX_FRAME, ClientHandshake

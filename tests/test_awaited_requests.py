@@ -51,7 +51,7 @@ async def test_a_lone_request_is_flagged_awaited_and_written_urgently(cluster: A
         async with trioq.connect(cluster.address) as client:
             queue = client.queue("lone")
             await queue.qsize()  # the open's answer is in: nothing in flight
-            with recorded_sends(client._connection) as sent:
+            with recorded_sends(client._session.connection) as sent:
                 assert await queue.qsize() == 0
     ((_, _, flags, urgent),) = [s for s in sent if s[0] == Op.QUEUE_SIZE]
     assert flags & FLAG_AWAITED and urgent
@@ -64,7 +64,7 @@ async def test_requests_issued_while_others_are_in_flight_are_not_flagged(
         async with trioq.connect(cluster.address) as client:
             queue = client.queue("stream")
             await queue.qsize()
-            with recorded_sends(client._connection) as sent:
+            with recorded_sends(client._session.connection) as sent:
                 async with trio.open_nursery() as nursery:
                     for _ in range(5):
                         nursery.start_soon(queue.qsize)  # five at once: four join a stream
@@ -130,8 +130,8 @@ async def test_a_get_parked_in_the_background_does_not_unflag_a_lone_request(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(waiting.get)
                 await trio.testing.wait_all_tasks_blocked()
-                assert client._parked == 1
-                with recorded_sends(client._connection) as sent:
+                assert client._session.parked == 1
+                with recorded_sends(client._session.connection) as sent:
                     await other.qsize()
                 parked = cluster.scheduler.state._conns[client.id].parked
                 assert cluster.scheduler._awaited[client.id] <= set(parked)
@@ -144,7 +144,7 @@ async def test_a_request_nobody_awaits_is_not_flagged(cluster: Any) -> None:
     # An answer handled by a callback (opening a queue, a top-up) is not urgent.
     with trio.fail_after(TIMEOUT):
         async with trioq.connect(cluster.address) as client:
-            with recorded_sends(client._connection) as sent:
+            with recorded_sends(client._session.connection) as sent:
                 client.queue("opened-in-passing")
             await client.queue("opened-in-passing").qsize()
     ((_, _, flags, urgent),) = [s for s in sent if s[0] == Op.QUEUE_OPEN]

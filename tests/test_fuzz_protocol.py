@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import trioq
-from trioq._client.connect import parse_address
+from trioq._client.dial import parse_address
 from trioq._impl import core
 from trioq._wire.auth import HANDSHAKE_MAX_FRAME, ClientHandshake
 from trioq._wire.messages import (

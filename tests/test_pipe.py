@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 import trioq
+from trioq._client.session import session_of
 
 WAIT = 10.0  # seconds any one test may take
 
@@ -47,7 +48,7 @@ async def echo_through(end: trioq.PipeEnd) -> int:
     async with end:
         async for value in end:
             await end.send(("echo", value))
-            assert end._client is trioq.worker_client()  # no connection of its own
+            assert end._session is session_of(trioq.worker_client())  # no connection of its own
             count += 1
     return count
 
@@ -266,13 +267,13 @@ async def test_async_with_connects_an_unbound_end_for_the_block(cluster: Any) ->
             a, b = await client.pipe()
             copy = pickle.loads(pickle.dumps(b))
             async with copy:
-                own = copy._client
-                assert own is not None and own is not client
+                own = copy._session
+                assert own is not None and own is not session_of(client)
                 await copy.send("from the copy")
                 assert await a.recv() == "from the copy"
                 await a.send("to the copy")
                 assert await copy.recv() == "to the copy"
-            assert own._closed  # the block's connection ended with it
+            assert own.closed  # the block's connection ended with it
             with pytest.raises(trio.EndOfChannel):
                 await a.recv()
             clients = (await client.status())["clients"]
@@ -288,7 +289,7 @@ async def test_error_in_a_connected_block_propagates_and_still_closes(cluster: A
                 async with copy:
                     await copy.send(1)
                     raise ValueError("inside")
-            assert copy.closed and copy._client is not None and copy._client._closed
+            assert copy.closed and copy._session is not None and copy._session.closed
             assert [value async for value in a] == [1]
 
 

@@ -21,7 +21,7 @@ import trio.testing
 from clusters import connect, queue_status
 
 import trioq
-from trioq._client.connect import register_local_token
+from trioq._client.dial import register_local_token
 from trioq._scheduler.server import Scheduler
 
 TIMEOUT = 10  # whole-test bound

@@ -1179,10 +1179,12 @@ async def test_a_malformed_envelope_sent_by_hand_is_refused_and_the_scheduler_se
             queue = client.queue("hand-made")
             await queue.qsize()  # opened
             with pytest.raises(ValueError, match="malformed reference envelope"):
-                await client._request(QueuePut("hand-made", [MALFORMED], False, True), PutDone)
+                await client._session.request(
+                    QueuePut("hand-made", [MALFORMED], False, True), PutDone
+                )
             with pytest.raises(ValueError, match="malformed reference envelope"):
-                await client._request(VariableSet("hand-made", MALFORMED), Ok)
-            client._send_oneway(QueuePut("hand-made", [MALFORMED], True, True))
+                await client._session.request(VariableSet("hand-made", MALFORMED), Ok)
+            client._session.send_oneway(QueuePut("hand-made", [MALFORMED], True, True))
             await client.status()  # its error notice has arrived
             with pytest.raises(ValueError, match="malformed reference envelope"):
                 await queue.put("after the one-way put")

@@ -816,4 +816,4 @@ async def test_aclose_of_a_push_consumer_on_a_closed_client_raises_nothing(clust
             await q.put(1)
             assert await q.get() == 1
         await q.aclose()  # the client is gone: the scheduler took the leases back
-        assert client._push_links == {}
+        assert client._session.push_links == {}

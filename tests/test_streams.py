@@ -154,8 +154,8 @@ def scheduler_tasks(cluster: trioq.Cluster) -> dict[str, Any]:
 
 def pumps(client: trioq.Client) -> set[trio.lowlevel.Task]:
     """The tasks in the client's nursery: its reader, plus every stream stage's pump."""
-    assert client._nursery is not None
-    return set(client._nursery.child_tasks)
+    assert client._session.nursery is not None
+    return set(client._session.nursery.child_tasks)
 
 
 async def assert_clean(
@@ -392,7 +392,7 @@ async def test_a_stalled_consumer_holds_every_stage_to_its_buffer_and_blocks_the
                     alive = len(scheduler_tasks(cluster))
                     assert 0 < alive <= 3 * bound  # a data future and two tasks per item
                     gc.collect()
-                    assert len(client._futures) <= bound
+                    assert len(client._session.futures) <= bound
                     await trio.testing.wait_all_tasks_blocked()
                     assert source.taken - len(got) == in_flight  # still nothing moves
                     got += [value async for value in results]

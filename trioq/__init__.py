@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._client.channel import Channel, ChannelSubscription
     from ._client.client import Client
     from ._client.connect import connect
+    from ._client.current import worker_client
     from ._client.future import Future
     from ._client.pipe import Pipe, PipeEnd
     from ._client.queue import SCHEDULE_EVERY, Queue, QueueReceiveChannel, QueueSendChannel
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from ._scheduler.server import Scheduler
     from ._taskqueue.taskqueue import TaskInfo, TaskQueue
     from ._taskqueue.workers import ProcessWorker, RemoteWorker, ThreadWorker
-    from ._worker.worker import Worker, worker_client
+    from ._worker.worker import Worker
 
 __version__ = "0.1.0.dev0"
 
@@ -63,7 +64,7 @@ _LAZY = {
     "Pipe": "._client.pipe",
     "PipeEnd": "._client.pipe",
     "Worker": "._worker.worker",
-    "worker_client": "._worker.worker",
+    "worker_client": "._client.current",
     "TaskQueue": "._taskqueue.taskqueue",
     "TaskInfo": "._taskqueue.taskqueue",
     "ThreadWorker": "._taskqueue.workers",

@@ -158,7 +158,7 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
 
 
 async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
-    from ._client.connect import resolve_token
+    from ._client.dial import resolve_token
     from ._worker.worker import Worker
 
     token = resolve_token(args.address, token)  # no token: say so before "joining"

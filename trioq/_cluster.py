@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._client.connect import register_local_token
+from ._client.dial import register_local_token
 from ._exceptions import collapse_single_groups
 from ._scheduler.server import Scheduler
 from ._worker.worker import Worker

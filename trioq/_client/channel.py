@@ -36,7 +36,7 @@ from .._wire.channel_messages import (
 from .._wire.messages import Ok
 
 if TYPE_CHECKING:
-    from .client import Client, _Pending
+    from .session import Pending, Session
 
 __all__ = ["Channel", "ChannelSubscription"]
 
@@ -53,12 +53,12 @@ class Channel:
     str, ``ValueError`` for a ``maxlen`` that is not a positive int or None.
     """
 
-    def __init__(self, client: Client, name: str, maxlen: int | None = None) -> None:
+    def __init__(self, session: Session, name: str, maxlen: int | None = None) -> None:
         if type(name) is not str:
             raise TypeError(f"channel name must be a str, got {type(name).__name__}")
         if maxlen is not None and (type(maxlen) is not int or maxlen < 1):
             raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
-        self._client = client
+        self._session = session
         #: The channel's name in the cluster.
         self.name = name
         self._maxlen = maxlen or 0
@@ -67,7 +67,7 @@ class Channel:
         self._settled = trio.Event()  # set when _in_flight drops to 0
         self._settled.set()
         self._error: BaseException | None = None  # a refusal nobody has seen
-        client._send_request(ChannelOpen(name, self._maxlen), late=self._on_opened)
+        session.send_request(ChannelOpen(name, self._maxlen), late=self._on_opened)
         self._begin()  # flush also waits for the open (a maxlen refused, say)
 
     def __repr__(self) -> str:
@@ -98,12 +98,12 @@ class Channel:
 
         Raises what ``append`` raises; all or none are appended.
         """
-        dumps = self._client._serializer.dumps_item
+        dumps = self._session.serializer.dumps_item
         data = [dumps(element) for element in elements]
         await trio.lowlevel.checkpoint_if_cancelled()
         self._raise_error()
         if data:
-            self._client._send_request(ChannelAppend(self.name, data), late=self._on_appended)
+            self._session.send_request(ChannelAppend(self.name, data), late=self._on_appended)
             self._begin()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -116,7 +116,7 @@ class Channel:
         appends stand.
         """
         await self._settled.wait()
-        self._client._check_usable()  # a broken connection: the appends may be lost
+        self._session.check_usable()  # a broken connection: the appends may be lost
         self._raise_error()
 
     async def stop(self) -> None:
@@ -127,7 +127,7 @@ class Channel:
         Idempotent.  If cancelled, the channel may or may not be stopped;
         repeating it is safe.
         """
-        await self._client._request(ChannelStop(self.name), Ok)
+        await self._session.request(ChannelStop(self.name), Ok)
         self._stopped = True
 
     # -- reading -------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class Channel:
         changes nothing.
         """
         elements: list[Any] = []
-        loads = self._client._serializer.loads
+        loads = self._session.serializer.loads
         start, end = 0, None
         while end is None or start < end:
             reply = await self._read(start, READ_BATCH, wait=False)
@@ -171,7 +171,7 @@ class Channel:
 
     async def _read(self, start: int, max_items: int, *, wait: bool) -> ChannelItems:
         try:
-            return await self._client._request(
+            return await self._session.request(
                 ChannelRead(self.name, start, max_items, wait), ChannelItems, on_cancel="withdraw"
             )
         except trio.WouldBlock:  # nothing from ``start`` yet: an empty answer
@@ -190,12 +190,12 @@ class Channel:
         if not self._in_flight:
             self._settled.set()
 
-    def _on_opened(self, pending: _Pending) -> None:
+    def _on_opened(self, pending: Pending) -> None:
         try:
             if pending.op == 0:
                 return  # the connection broke: every later call says so
             try:
-                info = self._client._result(pending, ChannelInfo)
+                info = self._session.result(pending, ChannelInfo)
             except Exception as exc:
                 self._keep_error(exc)
                 return
@@ -203,10 +203,10 @@ class Channel:
         finally:
             self._end()
 
-    def _on_appended(self, pending: _Pending) -> None:
+    def _on_appended(self, pending: Pending) -> None:
         if pending.op:
             try:
-                self._client._result(pending, Ok)
+                self._session.result(pending, Ok)
             except Exception as exc:
                 self._keep_error(exc)
         self._end()
@@ -216,7 +216,7 @@ class Channel:
             self._error = exc
 
     def _raise_error(self) -> None:
-        self._client._check_usable()
+        self._session.check_usable()
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -256,7 +256,7 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
                 self.position = reply.first + len(reply.items)
         else:
             await trio.lowlevel.checkpoint()
-        value = self._channel._client._serializer.loads(self._buffered[0])
+        value = self._channel._session.serializer.loads(self._buffered[0])
         self._buffered.popleft()  # taken only once decoded: a bad element raises again
         return value
 

@@ -34,7 +34,7 @@ from .._wire.serialize import Pickled, Serializer, note_reference, resolve_refer
 from .._wire.task_messages import Scatter, Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
 if TYPE_CHECKING:
-    from .client import Client, _Pending
+    from .session import Pending, Session
 
 __all__ = ["Future", "submit", "scatter_value", "map_tasks", "gather", "as_completed"]
 
@@ -46,8 +46,8 @@ class Future:
     from an item, a value or a task argument; never directly.
     """
 
-    def __init__(self, client: Client, key: str) -> None:
-        self._client = client
+    def __init__(self, session: Session, key: str) -> None:
+        self._session = session
         self._refused: BaseException | None = None  # the scheduler refused the submit
         self._reads: set[int] = set()  # request ids of reads waiting for the outcome
         self._watchers: set[Callable[[BaseException], None]] = set()  # gathers to tell
@@ -75,41 +75,41 @@ class Future:
         result that cannot be unpickled here.  If cancelled, the read is
         withdrawn and the task itself goes on.
         """
-        client = self._client
+        session = self._session
         if self._refused is not None:
             await trio.lowlevel.checkpoint()
             raise self._refused
         await trio.lowlevel.checkpoint_if_cancelled()
-        request_id = client._send_request(TaskResult(self.key, True))
-        pending = client._pending[request_id]
+        request_id = session.send_request(TaskResult(self.key, True))
+        pending = session.pending[request_id]
         self._reads.add(request_id)
         try:
             await pending.event.wait()
         except trio.Cancelled:
             if not pending.event.is_set():
                 pending.late = _forget
-                client._withdraw(request_id)
+                session.withdraw(request_id)
             raise
         finally:
             self._reads.discard(request_id)
         if self._refused is not None:  # the submit was refused: the read was withdrawn
             raise self._refused
-        return self._unpack(client._result(pending, TaskOutcome))
+        return self._unpack(session.result(pending, TaskOutcome))
 
-    def _on_submitted(self, pending: _Pending) -> None:
+    def _on_submitted(self, pending: Pending) -> None:
         """The scheduler's answer to the submit, which nobody awaited."""
         if pending.op == 0:
             return  # connection lost: awaiting the future says so
         try:
-            self._client._result(pending, Ok)
+            self._session.result(pending, Ok)
         except Exception as exc:
             self._refused = exc
             self.status = "error"
             for request_id in self._reads:  # they would wait for another client's task
-                self._client._withdraw(request_id)
+                self._session.withdraw(request_id)
             for refused in list(self._watchers):
                 refused(exc)
-            self._client._task_ended()
+            self._session.task_ended()
 
     def __await__(self) -> Any:
         return self.result().__await__()
@@ -133,7 +133,7 @@ class Future:
         if self._refused is not None:  # never ours: the key is another client's task
             await trio.lowlevel.checkpoint()
             raise self._refused
-        await self._client._request(TaskCancel(self.key), Ok)
+        await self._session.request(TaskCancel(self.key), Ok)
 
     async def release(self) -> None:
         """Tell the scheduler this client no longer needs the result (the key is free).
@@ -143,18 +143,18 @@ class Future:
         it, and ``result`` and ``cancel`` on it raise ``LookupError``.  Idempotent;
         does not wait for the scheduler, so a cancelled call has released it.
         """
-        self._client._send_oneway(TaskRelease(self.key))
-        if self._client._futures.get(self.key) is self:
-            del self._client._futures[self.key]
+        self._session.send_oneway(TaskRelease(self.key))
+        if self._session.futures.get(self.key) is self:
+            del self._session.futures[self.key]
         await trio.lowlevel.checkpoint()
 
     def _unpack(self, reply: TaskOutcome) -> Any:
         self.status = reply.status
         if reply.status == "finished":
-            return self._client._serializer.loads(reply.data)
+            return self._session.serializer.loads(reply.data)
         if reply.status == "error":
             try:
-                error, type_name, text, remote_traceback = self._client._serializer.loads(
+                error, type_name, text, remote_traceback = self._session.serializer.loads(
                     reply.data
                 )
             except SerializationError:  # the exception itself does not unpickle here
@@ -171,7 +171,7 @@ class Future:
 
 
 async def submit(
-    client: Client,
+    session: Session,
     fn: Callable[..., Any],
     *args: Any,
     priority: int = 0,
@@ -190,17 +190,17 @@ async def submit(
     _check_options(priority, series, retries, key)
     if key is None:
         key = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex}"
-    if key in client._futures:
+    if key in session.futures:
         raise ValueError(f"this client has a task with key {key!r} already")
     pickled = _pickled_fn if _pickled_fn is not None else _pickle_function(fn)
-    payload = client._serializer.dumps_item((pickled, args, kwargs))
+    payload = session.serializer.dumps_item((pickled, args, kwargs))
     await trio.lowlevel.checkpoint_if_cancelled()
-    future = Future(client, key)
+    future = Future(session, key)
     # Sent without waiting: requests on a connection are applied in order, so
     # the scheduler knows the task before any later request about it, and a
     # refusal (a key another client uses) is raised by awaiting the future.
-    client._send_request(Submit(key, payload, priority, series, retries), late=future._on_submitted)
-    client._futures[key] = future
+    session.send_request(Submit(key, payload, priority, series, retries), late=future._on_submitted)
+    session.futures[key] = future
     await trio.lowlevel.cancel_shielded_checkpoint()
     return future
 
@@ -232,7 +232,7 @@ def _pickle_function(fn: Callable[..., Any]) -> Pickled:
         raise SerializationError(f"cannot pickle the function {fn!r}: {exc}") from exc
 
 
-async def scatter_value(client: Client, value: Any, key: str | None = None) -> Future:
+async def scatter_value(session: Session, value: Any, key: str | None = None) -> Future:
     """Store ``value`` in the cluster as a finished future (a data future).
 
     Tasks given the future as an argument receive ``value``.  Like
@@ -241,20 +241,20 @@ async def scatter_value(client: Client, value: Any, key: str | None = None) -> F
     """
     if key is None:
         key = f"data-{uuid.uuid4().hex}"
-    if key in client._futures:
+    if key in session.futures:
         raise ValueError(f"this client has a task with key {key!r} already")
-    data = client._serializer.dumps_item(value)
+    data = session.serializer.dumps_item(value)
     await trio.lowlevel.checkpoint_if_cancelled()
-    future = Future(client, key)
+    future = Future(session, key)
     future.status = "finished"
-    client._send_request(Scatter(key, data), late=future._on_submitted)
-    client._futures[key] = future
+    session.send_request(Scatter(key, data), late=future._on_submitted)
+    session.futures[key] = future
     await trio.lowlevel.cancel_shielded_checkpoint()
     return future
 
 
 async def map_tasks(
-    client: Client, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any
+    session: Session, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any
 ) -> list[Future]:
     """One task per item (``zip`` of ``iterables``), in order; see ``Client.map``.
 
@@ -262,7 +262,7 @@ async def map_tasks(
     """
     pickled = _pickle_function(fn)
     return [
-        await submit(client, fn, *args, _pickled_fn=pickled, **options)
+        await submit(session, fn, *args, _pickled_fn=pickled, **options)
         for args in zip(*iterables, strict=False)
     ]
 
@@ -282,8 +282,8 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
     for future in futures:
         if not isinstance(future, Future):
             raise TypeError(f"gather expects futures, got {type(future).__name__}")
-    client = futures[0]._client
-    if any(future._client is not client for future in futures):
+    session = futures[0]._session
+    if any(future._session is not session for future in futures):
         raise ValueError("gather takes the futures of one client")
     await trio.lowlevel.checkpoint_if_cancelled()
     changed = _Changed()
@@ -291,8 +291,8 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
     for future in futures:
         if future._refused is not None:
             raise future._refused
-        request_id = client._send_request(TaskResult(future.key, True), late=changed.answered)
-        reads.append((request_id, client._pending[request_id]))
+        request_id = session.send_request(TaskResult(future.key, True), late=changed.answered)
+        reads.append((request_id, session.pending[request_id]))
         future._reads.add(request_id)  # a refusal arriving later withdraws it
         future._watchers.add(changed.refused)
     results: list[Any] = []
@@ -302,14 +302,14 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
                 raise changed.error
             future, (_, pending) = futures[len(results)], reads[len(results)]
             if pending.op:  # answered
-                results.append(future._unpack(client._result(pending, TaskOutcome)))
+                results.append(future._unpack(session.result(pending, TaskOutcome)))
             else:
                 await changed.wait()
     except BaseException:
         for request_id, pending in reads:
             if not pending.op:
                 pending.late = _forget
-                client._withdraw(request_id)
+                session.withdraw(request_id)
         raise
     finally:
         for future, (request_id, _) in zip(futures, reads, strict=False):
@@ -330,7 +330,7 @@ class _Changed:
             self.error = error
         self._event.set()
 
-    def answered(self, pending: _Pending) -> None:
+    def answered(self, pending: Pending) -> None:
         if not pending.op:  # the connection broke: make the answer an error
             pending.op = -1
         self._event.set()
@@ -340,7 +340,7 @@ class _Changed:
         self._event = trio.Event()
 
 
-def _forget(pending: _Pending) -> None:
+def _forget(pending: Pending) -> None:
     """The answer to a withdrawn read: nobody wants it."""
 
 
@@ -352,9 +352,9 @@ async def as_completed(futures: Iterable[Future]) -> AsyncIterator[Future]:
     """
     remaining = list(futures)
     while remaining:
-        client = remaining[0]._client
-        client._check_usable()  # a broken connection ends the wait (BrokenResourceError)
-        change = client._task_change  # taken before looking: no lost wake-up
+        session = remaining[0]._session
+        session.check_usable()  # a broken connection ends the wait (BrokenResourceError)
+        change = session.task_change  # taken before looking: no lost wake-up
         ready = [future for future in remaining if future.done()]
         if not ready:
             await change.wait()

@@ -46,11 +46,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .current import current_session
+from .dial import open_session
 from .pipe_link import SWITCH, LinkMaker, is_switch
+from .queue import Queue
+from .session import session_of
 
 if TYPE_CHECKING:
     from .client import Client
-    from .queue import Queue, QueueReceiveChannel, QueueSendChannel
+    from .queue import QueueReceiveChannel, QueueSendChannel
+    from .session import Session
 
 __all__ = ["PipeEnd", "Pipe", "open_pipe"]
 
@@ -73,12 +78,12 @@ class PipeEnd(trio.abc.Channel[Any]):
         address: str,
         send_queue: str | None,
         receive_queue: str | None,
-        client: Client | None = None,
+        session: Session | None = None,
     ) -> None:
         self._address = address
         self._send_name = send_queue
         self._receive_name = receive_queue
-        self._client = client
+        self._session = session
         self._queues: dict[str, Queue] = {}  # handles, made on first use
         self._sender: QueueSendChannel | None = None
         self._receiver: QueueReceiveChannel | None = None
@@ -122,7 +127,7 @@ class PipeEnd(trio.abc.Channel[Any]):
         kind = {(True, True): "duplex", (True, False): "receive-only"}.get(
             (self.readable, self.writable), "send-only"
         )
-        state = "closed" if self._closed else "bound" if self._client else "unbound"
+        state = "closed" if self._closed else "bound" if self._session else "unbound"
         return f"<trioq.PipeEnd {kind} {state} {self._address}>"
 
     def __reduce__(self) -> tuple[Any, tuple[str, str | None, str | None]]:
@@ -149,25 +154,27 @@ class PipeEnd(trio.abc.Channel[Any]):
 
         For an end unpickled in a process that has its own ``trioq.connect``
         client.  Binding again to the same client is a no-op; raises
-        ``RuntimeError`` if the end is already bound to another client.
+        ``RuntimeError`` if the end is already bound to another client,
+        ``TypeError`` for anything that is not a ``trioq.Client``.
         """
-        if self._client is not None and self._client is not client:
+        session = session_of(client)
+        if self._session is not None and self._session is not session:
             raise RuntimeError(f"{self!r} is already bound to another client")
-        self._client = client
+        self._session = session
         return self
 
-    def _bound(self) -> Client:
+    def _bound(self) -> Session:
         """The client for this end's next operation, binding it if possible."""
-        if self._client is None:
-            client = _worker_client()
-            if client is None:
+        if self._session is None:
+            session = current_session()
+            if session is None:
                 raise RuntimeError(
                     "this pipe end is not bound to a client (it was unpickled): call "
                     "end.bind(client), use it inside a trioq task, or enter it with "
                     f"`async with end:` to connect to {self._address} for the block"
                 )
-            self._client = client
-        return self._client
+            self._session = session
+        return self._session
 
     async def __aenter__(self) -> PipeEnd:
         """Bind if needed and return the end; leaving the block closes it.
@@ -177,11 +184,9 @@ class PipeEnd(trio.abc.Channel[Any]):
         clusters or ``TRIOQ_TOKEN``) and leaves that connection when the
         block ends.  Raises what ``trioq.connect`` raises.
         """
-        if self._client is None and not self._closed and _worker_client() is None:
-            from .connect import connect
-
+        if self._session is None and not self._closed and current_session() is None:
             async with AsyncExitStack() as stack:
-                self._client = await stack.enter_async_context(connect(self._address))
+                self._session = await stack.enter_async_context(open_session(self._address))
                 stack.push_async_callback(self.aclose)  # the end closes first
                 self._stack = stack.pop_all()
         return self
@@ -218,16 +223,16 @@ class PipeEnd(trio.abc.Channel[Any]):
             raise TypeError("this pipe end is receive-only")
         if self._closed:
             raise trio.ClosedResourceError("this pipe end was closed")
-        client = self._bound()
-        maker = self._start_link(client)
+        session = self._bound()
+        maker = self._start_link(session)
         if self._sender is None:
-            self._sender = self._queue(client, self._send_name).open_send_channel()
+            self._sender = self._queue(session, self._send_name).open_send_channel()
         if maker.link is not None and not self._switched_out:
             await self._sender.send((SWITCH, self._pipe))  # the receiver turns to the link
             self._switched_out = True
         if self._switched_out:
             assert maker.link is not None
-            await maker.link.send(client._serializer.dumps_item(value))
+            await maker.link.send(session.serializer.dumps_item(value))
         else:
             await self._sender.send(value)
 
@@ -246,10 +251,10 @@ class PipeEnd(trio.abc.Channel[Any]):
             raise TypeError("this pipe end is send-only")
         if self._closed:
             raise trio.ClosedResourceError("this pipe end was closed")
-        client = self._bound()
-        maker = self._start_link(client)
+        session = self._bound()
+        maker = self._start_link(session)
         if self._receiver is None:
-            self._receiver = self._queue(client, self._receive_name).open_receive_channel()
+            self._receiver = self._queue(session, self._receive_name).open_receive_channel()
         try:
             if not self._switched_in:
                 value = await self._receiver.receive()
@@ -259,15 +264,15 @@ class PipeEnd(trio.abc.Channel[Any]):
             await maker.settled.wait()  # the peer had it up: ours is (or failed) at once
             if maker.link is None:
                 raise trio.BrokenResourceError("the pipe's direct link failed as it was made")
-            return client._serializer.loads(await maker.link.receive())
+            return session.serializer.loads(await maker.link.receive())
         except trio.EndOfChannel:
             self._ended = True
             raise
 
-    def _start_link(self, client: Client) -> LinkMaker:
+    def _start_link(self, session: Session) -> LinkMaker:
         """The first use of the end starts making the direct link, in the background."""
         if self._maker is None:
-            self._maker = LinkMaker(client, self._pipe, self._role)
+            self._maker = LinkMaker(session, self._pipe, self._role)
             self._maker.start()
         return self._maker
 
@@ -292,30 +297,30 @@ class PipeEnd(trio.abc.Channel[Any]):
         self._closed = True
         if self._maker is not None:
             self._maker.stop()  # the peer reads what was sent, then the end of stream
-        client = self._client if self._client is not None else _worker_client()
-        if client is None or client._closed or client._broken is not None:
-            client = None  # nothing to tell the scheduler (or no way to)
+        session = self._session if self._session is not None else current_session()
+        if session is None or session.closed or session.broken is not None:
+            session = None  # nothing to tell the scheduler (or no way to)
         sole = not self._pickled
         # Every endpoint closes without a checkpoint: a cancelled aclose closes them all.
         if self._sender is not None:
             self._sender.close()
-        elif self._send_name is not None and sole and client is not None:
-            self._queue(client, self._send_name).open_send_channel().close()
+        elif self._send_name is not None and sole and session is not None:
+            self._queue(session, self._send_name).open_send_channel().close()
         if self._receiver is not None:
             self._receiver.close()
-        elif self._receive_name is not None and sole and client is not None:
-            self._queue(client, self._receive_name).open_receive_channel().close()
-        if self._ended and sole and client is not None:
+        elif self._receive_name is not None and sole and session is not None:
+            self._queue(session, self._receive_name).open_receive_channel().close()
+        if self._ended and sole and session is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 for name in (self._send_name, self._receive_name):
                     if name is not None:
-                        await self._queue(client, name).delete()
+                        await self._queue(session, name).delete()
         await trio.lowlevel.checkpoint()
 
-    def _queue(self, client: Client, name: str) -> Queue:
+    def _queue(self, session: Session, name: str) -> Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = self._queues[name] = client.queue(name)
+            queue = self._queues[name] = Queue(session, name)
         return queue
 
 
@@ -323,17 +328,7 @@ def _unpickle_end(address: str, send_queue: str | None, receive_queue: str | Non
     return PipeEnd(address, send_queue, receive_queue)
 
 
-def _worker_client() -> Client | None:
-    """The client of the trioq task running now, or None outside one."""
-    from .._worker.worker import worker_client
-
-    try:
-        return worker_client()
-    except RuntimeError:
-        return None
-
-
-async def open_pipe(client: Client, duplex: bool = True) -> tuple[PipeEnd, PipeEnd]:
+async def open_pipe(session: Session, duplex: bool = True) -> tuple[PipeEnd, PipeEnd]:
     """Two connected ends bound to ``client`` (the body of ``Client.pipe``).
 
     Duplex: each end sends to the other.  Simplex (``duplex=False``): the
@@ -343,18 +338,18 @@ async def open_pipe(client: Client, duplex: bool = True) -> tuple[PipeEnd, PipeE
     """
     if type(duplex) is not bool:
         raise TypeError(f"duplex must be a bool, got {type(duplex).__name__}")
-    client._check_usable()
+    session.check_usable()
     base = f"pipe-{uuid.uuid4().hex}"
     if duplex:
         forward, backward = f"{base}-0", f"{base}-1"
         ends = (
-            PipeEnd(client.address, forward, backward, client),
-            PipeEnd(client.address, backward, forward, client),
+            PipeEnd(session.address, forward, backward, session),
+            PipeEnd(session.address, backward, forward, session),
         )
     else:
         ends = (
-            PipeEnd(client.address, None, base, client),
-            PipeEnd(client.address, base, None, client),
+            PipeEnd(session.address, None, base, session),
+            PipeEnd(session.address, base, None, session),
         )
     await trio.lowlevel.checkpoint()
     return ends
@@ -368,4 +363,4 @@ async def Pipe(client: Client, duplex: bool = True) -> tuple[PipeEnd, PipeEnd]:
     ``duplex`` that is not a bool, ``trio.BrokenResourceError`` if the
     client's connection is broken or it was closed.
     """
-    return await open_pipe(client, duplex)
+    return await open_pipe(session_of(client), duplex)

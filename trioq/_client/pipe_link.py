@@ -31,9 +31,10 @@ import trio
 from .._exceptions import AuthenticationError, ProtocolError
 from .._impl import core
 from .._wire.transport import FramedConnection
+from .variable import Variable
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .session import Session
 
 __all__ = ["Link", "LinkMaker", "SWITCH", "is_switch"]
 
@@ -97,8 +98,8 @@ class Link:
 class LinkMaker:
     """One end's attempt at a link: listen (end 0) or connect (end 1), in the background."""
 
-    def __init__(self, client: Client, pipe: str, role: int) -> None:
-        self._client = client
+    def __init__(self, session: Session, pipe: str, role: int) -> None:
+        self._session = session
         self._pipe = pipe
         self._role = role
         self._scope = trio.CancelScope()
@@ -110,7 +111,7 @@ class LinkMaker:
 
     def start(self) -> None:
         """Begin in the client's nursery; failures leave the pipe on its queues."""
-        self._client._stream_nursery().start_soon(self._run)
+        self._session.stream_nursery().start_soon(self._run)
 
     def stop(self) -> None:
         """Close the link after what is buffered, then end the background work."""
@@ -154,12 +155,12 @@ class LinkMaker:
             await link.flushed()
         scope.cancel()
 
-    def _variable(self) -> Any:
-        return self._client.variable(f"{self._pipe}/link")
+    def _variable(self) -> Variable:
+        return Variable(self._session, f"{self._pipe}/link")
 
     async def _listen(self) -> FramedConnection:
         """End 0: publish an address and a secret; take the first peer that proves it."""
-        host = _local_host(self._client)
+        host = _local_host(self._session)
         listeners = await trio.open_tcp_listeners(0, host=host)
         secret = secrets.token_hex(32)
         try:
@@ -220,9 +221,9 @@ class LinkMaker:
         return connection
 
 
-def _local_host(client: Client) -> str:
+def _local_host(session: Session) -> str:
     """The address this client reaches its scheduler from: reachable by its peers too."""
-    sockname = client._connection.stream.socket.getsockname()  # type: ignore[attr-defined]
+    sockname = session.connection.stream.socket.getsockname()  # type: ignore[attr-defined]
     return str(sockname[0])
 
 

@@ -59,10 +59,10 @@ from .._wire.messages import (
     QueueSize,
     decode_reply,
 )
-from .client import SCHEDULE_EVERY
+from .session import SCHEDULE_EVERY
 
 if TYPE_CHECKING:
-    from .client import Client, _Pending
+    from .session import Pending, Session
 
 __all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel", "SCHEDULE_EVERY"]
 
@@ -140,22 +140,22 @@ class Queue:
     """
 
     def __init__(
-        self, client: Client, name: str | None = None, maxsize: int = 0, *, prefetch: int = 16
+        self, session: Session, name: str | None = None, maxsize: int = 0, *, prefetch: int = 16
     ) -> None:
         if name is None:
             name = f"queue-{uuid.uuid4().hex}"
         if type(name) is not str:
             raise TypeError(f"queue name must be a str, got {type(name).__name__}")
-        self._client = client
+        self._session = session
         self._prefetch = _check_count("prefetch", prefetch, 1)
         # Top up at half the buffer; never for prefetch=1 (strict fairness).
         self._top_up_at = prefetch // 2 if prefetch > 1 else -1
         _check_count("maxsize", maxsize, 0)
-        link = client._queue_links.get(name)
+        link = session.queue_links.get(name)
         if link is None:
-            link = client._queue_links[name] = _Link(name, maxsize)
+            link = session.queue_links[name] = _Link(name, maxsize)
         self._link: _Link = link
-        client._send_request(QueueOpen(name, maxsize), late=self._on_opened)
+        session.send_request(QueueOpen(name, maxsize), late=self._on_opened)
 
     @property
     def name(self) -> str:
@@ -187,26 +187,26 @@ class Queue:
         cancel point; a put covered by credit switches tasks only once every
         ``SCHEDULE_EVERY`` items (see the queues guide).
         """
-        client = self._client
+        session = self._session
         link = self._link
-        data = client._serializer.dumps_item(item)
+        data = session.serializer.dumps_item(item)
         if (
             (link.unlimited or link.credit > 0)
             and link.error is None
-            and client._broken is None
-            and not client._closed
-            and not client._connection.over_high_water()
+            and session.broken is None
+            and not session.closed
+            and not session.connection.over_high_water()
         ):
             # Fast path, ``_put`` for one item with credit.  ``checkpoint_if_cancelled``
             # does not switch tasks unless it raises, so the checks above still hold.
             await trio.lowlevel.checkpoint_if_cancelled()
-            client._outbox.put_one(link.name, data)
+            session.outbox.put_one(link.name, data)
             if not link.unlimited:
                 link.credit -= 1
-            # client._count_local_call(1), inline on the hottest path:
-            client._calls_since_switch += 1
-            if client._calls_since_switch >= SCHEDULE_EVERY:
-                client._calls_since_switch = 0
+            # session.count_local_call(1), inline on the hottest path:
+            session.calls_since_switch += 1
+            if session.calls_since_switch >= SCHEDULE_EVERY:
+                session.calls_since_switch = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._put([data], wait=True)
@@ -218,7 +218,7 @@ class Queue:
         ``trio.WouldBlock`` also when the connection's send buffer is full.
         Otherwise raises what ``put`` raises.  If cancelled, the item was not put.
         """
-        await self._put([self._client._serializer.dumps_item(item)], wait=False)
+        await self._put([self._session.serializer.dumps_item(item)], wait=False)
 
     async def put_batch(self, items: Iterable[Any]) -> None:
         """Put several items, all or none, in order (waits for room for all).
@@ -227,7 +227,7 @@ class Queue:
         ``LocalProtocolError`` if they do not fit in one frame; otherwise
         raises what ``put`` raises.  If cancelled, none was put.
         """
-        dumps = self._client._serializer.dumps_item
+        dumps = self._session.serializer.dumps_item
         data = [dumps(item) for item in items]
         if data:
             await self._put(data, wait=True)
@@ -238,7 +238,7 @@ class Queue:
         link = self._link
         self._raise_deferred()
         await trio.lowlevel.checkpoint_if_cancelled()
-        connection = self._client._connection
+        connection = self._session.connection
         while link.can_put(len(data)):
             if connection.over_high_water():  # back pressure before committing
                 if not wait:
@@ -246,15 +246,15 @@ class Queue:
                 await connection.wait_writable()
                 continue  # the credit may have been spent or revoked meanwhile
             # Check and spend with no await between: the commit is atomic.
-            client = self._client
-            client._check_usable()
-            client._outbox.put(link.name, data)
+            session = self._session
+            session.check_usable()
+            session.outbox.put(link.name, data)
             if not link.unlimited:
                 link.credit -= len(data)
-            if client._count_local_call(len(data)):
+            if session.count_local_call(len(data)):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        await self._client._request(
+        await self._session.request(
             QueuePut(link.name, data, False, wait), PutDone, on_cancel="outcome"
         )
 
@@ -271,25 +271,25 @@ class Queue:
         ``SCHEDULE_EVERY`` items (see the queues guide).
         """
         link = self._link
-        client = self._client
-        if link.buffer and client._broken is None and not client._closed:
+        session = self._session
+        if link.buffer and session.broken is None and not session.closed:
             # Fast path: an item prefetched here.
             await trio.lowlevel.checkpoint_if_cancelled()
             usable = True
-            # client._count_local_call(1), inline on the hottest path:
-            client._calls_since_switch += 1
-            if client._calls_since_switch >= SCHEDULE_EVERY:
-                client._calls_since_switch = 0
+            # session.count_local_call(1), inline on the hottest path:
+            session.calls_since_switch += 1
+            if session.calls_since_switch >= SCHEDULE_EVERY:
+                session.calls_since_switch = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 # Closed meanwhile?  An item taken now could not be acknowledged:
                 # the scheduler would give it to another consumer as well.
-                usable = _usable(client)
+                usable = _usable(session)
             if link.buffer and usable:
                 lease, data = link.buffer.popleft()
-                client._outbox.ack_one(lease)
+                session.outbox.ack_one(lease)
                 if len(link.buffer) <= self._top_up_at:
                     self._top_up()
-                return client._serializer.loads(data)
+                return session.serializer.loads(data)
         return (await self._get(1, wait=True))[0]
 
     async def get_nowait(self) -> Any:
@@ -312,12 +312,12 @@ class Queue:
 
     async def _get(self, n: int, *, wait: bool) -> list[Any]:
         link = self._link
-        client = self._client
-        client._check_usable()
+        session = self._session
+        session.check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
-        if link.buffer and client._count_local_call(min(n, len(link.buffer))):
+        if link.buffer and session.count_local_call(min(n, len(link.buffer))):
             await trio.lowlevel.cancel_shielded_checkpoint()
-            client._check_usable()  # closed meanwhile: take nothing it cannot acknowledge
+            session.check_usable()  # closed meanwhile: take nothing it cannot acknowledge
         while not link.buffer:
             if link.top_up is not None:
                 # A top-up is on its way (it never waits in the scheduler): its
@@ -330,10 +330,10 @@ class Queue:
             else:
                 await self._fetch(n, wait)
         taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
-        client._outbox.ack([lease for lease, _ in taken])
+        session.outbox.ack([lease for lease, _ in taken])
         if len(link.buffer) <= self._top_up_at:
             self._top_up()
-        loads = client._serializer.loads
+        loads = session.serializer.loads
         return [loads(data) for _, data in taken]
 
     async def _fetch(self, n: int, wait: bool) -> None:
@@ -343,7 +343,7 @@ class Queue:
         if wait:
             link.fetching = fetching
         try:
-            reply = await self._client._request(
+            reply = await self._session.request(
                 QueueGet(link.name, max(n, self._prefetch), wait), Items, on_cancel="outcome"
             )
         finally:
@@ -363,16 +363,16 @@ class Queue:
         (``link.top_up``) rather than ask past it.
         """
         link = self._link
-        client = self._client
+        session = self._session
         want = self._prefetch - len(link.buffer)
         if link.fetching is not None or link.top_up is not None or want < 1:
             return
-        if client._closed or client._broken is not None or client._connection.is_broken:
+        if session.closed or session.broken is not None or session.connection.is_broken:
             return
         top_up = link.top_up = trio.Event()
         link.return_top_up = False
 
-        def arrived(pending: _Pending) -> None:
+        def arrived(pending: Pending) -> None:
             link.top_up = None
             top_up.set()
             leased: list[tuple[int, bytes]] = []
@@ -384,12 +384,12 @@ class Queue:
                 # the closing held for this moment, in one return (so in order).
                 leases = link.returns_after_top_up + [lease for lease, _ in leased]
                 link.returns_after_top_up = []
-                if leases and _usable(client):
-                    client._send_oneway(QueueReturn(leases))
+                if leases and _usable(session):
+                    session.send_oneway(QueueReturn(leases))
                 return
             link.buffer.extend(leased)
 
-        client._send_request(QueueGet(link.name, want, False), late=arrived)
+        session.send_request(QueueGet(link.name, want, False), late=arrived)
 
     # -- other operations ---------------------------------------------------------------
 
@@ -399,7 +399,7 @@ class Queue:
         Raises ``trio.BrokenResourceError`` if the queue was deleted.  A
         cancelled call changes nothing.
         """
-        reply = await self._client._request(QueueSize(self.name), Count)
+        reply = await self._session.request(QueueSize(self.name), Count)
         return reply.value
 
     async def delete(self) -> None:
@@ -408,7 +408,7 @@ class Queue:
         Deleting a queue that does not exist is not an error.  If cancelled,
         the deletion may or may not have happened (it is idempotent: repeat it).
         """
-        await self._client._request(QueueDelete(self.name), Ok)
+        await self._session.request(QueueDelete(self.name), Ok)
         self._link.buffer.clear()  # leased from the deleted queue: gone with it
 
     def open_channels(self) -> tuple[QueueSendChannel, QueueReceiveChannel]:
@@ -448,16 +448,16 @@ class Queue:
     # -- answers nobody waits for ---------------------------------------------------------
 
     def _raise_deferred(self) -> None:
-        self._client._check_usable()
+        self._session.check_usable()
         error, self._link.error = self._link.error, None
         if error is not None:
             raise error
 
-    def _on_opened(self, pending: _Pending) -> None:
+    def _on_opened(self, pending: Pending) -> None:
         if pending.op == 0:
             return  # the connection broke: every later call says so
         try:
-            info = self._client._result(pending, QueueInfo)
+            info = self._session.result(pending, QueueInfo)
         except Exception as exc:
             self._link.error = exc
             return
@@ -475,7 +475,7 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self._closed = False
-        queue._client._send_oneway(EndpointOpen(queue.name, "send"))
+        queue._session.send_oneway(EndpointOpen(queue.name, "send"))
 
     async def send(self, value: Any) -> None:
         """Put ``value`` (see ``Queue.put``, whose errors it raises).
@@ -521,7 +521,7 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self._closed = False
-        queue._client._send_oneway(EndpointOpen(queue.name, "receive"))
+        queue._session.send_oneway(EndpointOpen(queue.name, "receive"))
         queue._link.receivers += 1
 
     async def receive(self) -> Any:
@@ -559,7 +559,7 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
             self._closed = True
             link = self._queue._link
             link.receivers -= 1
-            if not link.receivers and link.buffer and _usable(self._queue._client):
+            if not link.receivers and link.buffer and _usable(self._queue._session):
                 # The last local receiver is gone: give prefetched items back now,
                 # so the stream's other receivers get them (and its end).
                 leases = [lease for lease, _ in link.buffer]
@@ -569,17 +569,17 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
                     # them, in one return, so the queue gets them back in order.
                     link.returns_after_top_up.extend(leases)
                 else:
-                    self._queue._client._send_oneway(QueueReturn(leases))
+                    self._queue._session.send_oneway(QueueReturn(leases))
             if not link.receivers:
                 link.return_top_up = True  # a top-up still on its way goes back too
             _close_endpoint(self._queue, "receive")
 
 
-def _usable(client: Client) -> bool:
+def _usable(session: Session) -> bool:
     # The connection may break (its reader cancelled) before the client notes it.
-    return not client._closed and client._broken is None and not client._connection.is_broken
+    return not session.closed and session.broken is None and not session.connection.is_broken
 
 
 def _close_endpoint(queue: Queue, kind: str) -> None:
-    if _usable(queue._client):  # else the scheduler counts them closed with the client
-        queue._client._send_oneway(EndpointClose(queue.name, kind))
+    if _usable(queue._session):  # else the scheduler counts them closed with the client
+        queue._session.send_oneway(EndpointClose(queue.name, kind))

@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 
 from .._wire.messages import Ok, Pushed, QueueReturn, QueueSubscribe, QueueUnsubscribe
-from .client import CLOSE_TIMEOUT
+from .queue import Queue
+from .session import CLOSE_TIMEOUT
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from .client import Client
+    from .session import Session
 
 __all__ = ["SimpleQueue"]
 
@@ -47,14 +48,14 @@ class SimpleQueue:
     """
 
     def __init__(
-        self, client: Client, name: str | None = None, mode: Mode = "pull", *, window: int = 16
+        self, session: Session, name: str | None = None, mode: Mode = "pull", *, window: int = 16
     ) -> None:
         if mode not in ("pull", "push"):
             raise ValueError(f"mode must be 'pull' or 'push', got {mode!r}")
         if type(window) is not int or window < 1:
             raise ValueError(f"window must be a positive int, got {window!r}")
-        self._client = client
-        self._queue = client.queue(name, prefetch=1)
+        self._session = session
+        self._queue = Queue(session, name, prefetch=1)
         #: "pull" or "push".
         self.mode: Mode = mode
         self._window = window
@@ -97,33 +98,33 @@ class SimpleQueue:
         if self.mode == "pull":
             return await self._queue.get()
         if not self._subscribed:
-            if self._client._push_links.get(self.name) is not None:
+            if self._session.push_links.get(self.name) is not None:
                 raise RuntimeError(
                     f"this client already has a push consumer on queue {self.name!r}"
                 )
             # Subscribed from the moment the request is sent: if the wait is
             # cancelled, the scheduler may still apply it, and aclose must undo it.
             self._subscribed = True
-            self._client._push_links[self.name] = self
+            self._session.push_links[self.name] = self
             try:
-                await self._client._request(QueueSubscribe(self.name, self._window), Ok)
+                await self._session.request(QueueSubscribe(self.name, self._window), Ok)
             except trio.Cancelled:
                 raise
             except BaseException:
                 self._subscribed = False  # refused: nothing to undo
-                del self._client._push_links[self.name]
+                del self._session.push_links[self.name]
                 raise
         while not self._buffer:
-            self._client._check_usable()
+            self._session.check_usable()
             if self._deleted:
                 raise trio.BrokenResourceError(f"queue {self.name!r} was deleted")
             await self._arrived.wait()
             self._arrived = trio.Event()
             self._check_open()
         lease, data = self._buffer[0]
-        value = self._client._serializer.loads(data)  # a bad item stays leased, not lost
+        value = self._session.serializer.loads(data)  # a bad item stays leased, not lost
         self._buffer.popleft()
-        self._client._outbox.ack([lease], batch=max(1, self._window // 2))
+        self._session.outbox.ack([lease], batch=max(1, self._window // 2))
         return value
 
     async def qsize(self) -> int:
@@ -157,20 +158,20 @@ class SimpleQueue:
                 trio.move_on_after(CLOSE_TIMEOUT),
                 contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
             ):
-                await self._client._request(QueueUnsubscribe(self.name), Ok)
+                await self._session.request(QueueUnsubscribe(self.name), Ok)
                 # Pushes sent before the unsubscribe may still arrive: they are
                 # returned as they come (see the client's notice handler).  Then
                 # return what we hold.
-                self._client._push_links.pop(self.name, None)
+                self._session.push_links.pop(self.name, None)
                 leases = [lease for lease, _ in self._buffer]
                 self._buffer.clear()
                 if leases:
-                    await self._client._request(QueueReturn(leases), Ok)
+                    await self._session.request(QueueReturn(leases), Ok)
         finally:
             # A broken connection (or a silent scheduler): the scheduler returns
             # what this consumer held when the connection ends.
-            if self._client._push_links.get(self.name) is self:
-                del self._client._push_links[self.name]
+            if self._session.push_links.get(self.name) is self:
+                del self._session.push_links[self.name]
 
     async def __aenter__(self) -> SimpleQueue:
         """Return the queue; leaving the block calls ``aclose``."""

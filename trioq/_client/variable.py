@@ -15,7 +15,7 @@ import trio
 from .._wire.messages import Ok, Value, VariableDelete, VariableGet, VariableSet
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .session import Session
 
 __all__ = ["Variable"]
 
@@ -26,10 +26,10 @@ class Variable:
     Raises ``TypeError`` for a name that is not a str.
     """
 
-    def __init__(self, client: Client, name: str) -> None:
+    def __init__(self, session: Session, name: str) -> None:
         if type(name) is not str:
             raise TypeError(f"variable name must be a str, got {type(name).__name__}")
-        self._client = client
+        self._session = session
         self.name = name
 
     def __repr__(self) -> str:
@@ -44,8 +44,8 @@ class Variable:
         future.  If cancelled, it either was set or was not, and the call
         tells (like ``Queue.put``).
         """
-        data = self._client._serializer.dumps_item(value)
-        await self._client._request(VariableSet(self.name, data), Ok, on_cancel="outcome")
+        data = self._session.serializer.dumps_item(value)
+        await self._session.request(VariableSet(self.name, data), Ok, on_cancel="outcome")
 
     async def get(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (dask's API)
         """The current value, waiting until one is set.
@@ -65,18 +65,18 @@ class Variable:
 
         Never waits for a value (one round trip); a cancelled call changes nothing.
         """
-        reply = await self._client._request(VariableGet(self.name, False), Value)
-        return self._client._serializer.loads(reply.value)
+        reply = await self._session.request(VariableGet(self.name, False), Value)
+        return self._session.serializer.loads(reply.value)
 
     async def _get(self) -> Any:
-        reply = await self._client._request(
+        reply = await self._session.request(
             VariableGet(self.name, True), Value, on_cancel="withdraw"
         )
-        return self._client._serializer.loads(reply.value)
+        return self._session.serializer.loads(reply.value)
 
     async def delete(self) -> None:
         """Forget the value (no error if it was not set).
 
         If cancelled, it may or may not have been forgotten; repeating it is safe.
         """
-        await self._client._request(VariableDelete(self.name), Ok)
+        await self._session.request(VariableDelete(self.name), Ok)

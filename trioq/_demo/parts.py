@@ -25,12 +25,12 @@ import trio
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
 from .._client.connect import connect
+from .._client.current import worker_client
 from .._client.future import Future
 from .._client.pipe import PipeEnd
 from .._exceptions import collapse_single_groups
 from .._taskqueue.taskqueue import TaskQueue
 from .._taskqueue.workers import ProcessWorker, ThreadWorker
-from .._worker.worker import worker_client
 
 __all__ = [
     "DemoFailure",

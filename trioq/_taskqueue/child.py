@@ -289,7 +289,7 @@ async def remote_call(
         result = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
     if not isinstance(result, (Iterator, AsyncIterator)):
         return result
-    from .._worker.worker import worker_client
+    from .._client.current import worker_client
 
     client = worker_client()
     items = client.queue(f"{key}-items", maxsize=STREAM_WINDOW)

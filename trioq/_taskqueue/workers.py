@@ -38,6 +38,7 @@ from typing import Any
 
 import trio
 
+from .._client.session import session_of
 from .._exceptions import LocalProtocolError, RemoteProtocolError, collapse_single_groups
 from .._impl import core
 from .._wire.messages import Message, QueueDelete
@@ -580,7 +581,7 @@ class RemoteWorker(_Worker):
         """Send a clean-up request one way: its answer would change nothing here."""
         if self._client is not None and not self._dead:
             with contextlib.suppress(*_CLOSED):
-                self._client._send_oneway(request)
+                session_of(self._client).send_oneway(request)
 
     async def _pump(self, client: Any, key: str, future: Any, sink: _Sink) -> None:
         """Move a streamed call's items from its queue into the sink."""

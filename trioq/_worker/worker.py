@@ -21,7 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
 import os
@@ -34,6 +33,8 @@ import trio
 
 from .._client.client import Client
 from .._client.connect import connect
+from .._client.current import task_client
+from .._client.session import Session, session_of
 from .._wire.messages import Message, Ok
 from .._wire.task_messages import (
     Heartbeat,
@@ -45,13 +46,11 @@ from .._wire.task_messages import (
 )
 from .threads import ThreadCall, ThreadLanes
 
-__all__ = ["Worker", "HEARTBEAT_INTERVAL", "worker_client"]
+__all__ = ["Worker", "HEARTBEAT_INTERVAL"]
 
 logger = logging.getLogger("trioq.worker")
 
 HEARTBEAT_INTERVAL = 2.0  # seconds; the scheduler's worker_timeout should be several of these
-
-_current_client: contextvars.ContextVar[Client] = contextvars.ContextVar("trioq_worker_client")
 
 
 def _is_async(fn: Any) -> bool:
@@ -60,21 +59,6 @@ def _is_async(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 -- an object with an async __call__
     )
-
-
-def worker_client() -> Client:
-    """The connection of the worker running the current task.
-
-    A task uses it to reach the cluster (queues, variables, more tasks)
-    without a connection of its own.  A task running in a worker thread
-    must go through trio for it: ``trio.from_thread.run_sync`` to make a
-    handle (``client.queue(...)``), ``trio.from_thread.run`` to await.  Raises
-    ``RuntimeError`` outside a task.
-    """
-    try:
-        return _current_client.get()
-    except LookupError:
-        raise RuntimeError("worker_client() is only available inside a task") from None
 
 
 class Worker:
@@ -107,7 +91,8 @@ class Worker:
         self._slots = trio.Semaphore(nthreads)  # async tasks running at once
         self._lanes = ThreadLanes(nthreads, self._thread_call_ended)  # plain functions
         self._running: dict[str, trio.CancelScope | ThreadCall] = {}  # abortable by key
-        self._client: Client | None = None
+        self._client: Client | None = None  # what worker_client() gives its tasks
+        self._session: Session | None = None
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -128,23 +113,24 @@ class Worker:
         ):
             # Ready for tasks before saying hello: a push scheduler deals at once.
             self._client = client
+            self._session = session = session_of(client)
             self._nursery = nursery
-            client._task_handler = self._on_task_message
-            await client._request(WorkerHello(self.name, self.nthreads, self.series), Ok)
-            client._send_oneway(WorkerReady(self.nthreads))
+            session.task_handler = self._on_task_message
+            await session.request(WorkerHello(self.name, self.nthreads, self.series), Ok)
+            session.send_oneway(WorkerReady(self.nthreads))
             nursery.start_soon(self._heartbeat)
-            token = _current_client.set(client)  # the lanes' threads see it too
+            token = task_client.set(client)  # the lanes' threads see it too
             nursery.start_soon(self._lanes.run)
-            _current_client.reset(token)
+            task_client.reset(token)
             task_status.started()
-            await client._done.wait()  # the connection ended
+            await session.done.wait()  # the connection ended
             nursery.cancel_scope.cancel()
 
     async def _heartbeat(self) -> None:
         """Tell the scheduler this worker is alive, even while its tasks run long."""
-        assert self._client is not None
-        while not self._client._closed and self._client._broken is None:
-            self._client._send_oneway(Heartbeat())
+        assert self._session is not None
+        while not self._session.closed and self._session.broken is None:
+            self._session.send_oneway(Heartbeat())
             await trio.sleep(HEARTBEAT_INTERVAL)
 
     @property
@@ -165,14 +151,14 @@ class Worker:
                 running.cancel()
 
     async def _run_task(self, message: TaskAssign, scope: trio.CancelScope) -> None:
-        client = self._client
-        assert client is not None
+        client, session = self._client, self._session
+        assert client is not None and session is not None
         key = message.key
         ok, data = True, b""
         with scope:
             try:
-                _current_client.set(client)  # this task's context (and its threads')
-                fn, args, kwargs = self._load_task(client, message)
+                task_client.set(client)  # this task's context (and its threads')
+                fn, args, kwargs = self._load_task(session, message)
                 if scope.cancel_called:
                     pass  # aborted before it started: it never runs
                 elif not _is_async(fn):
@@ -183,7 +169,7 @@ class Worker:
                 else:
                     async with self._slots:  # pushed tasks beyond the slots wait here
                         result = await fn(*args, **kwargs)
-                    data = client._serializer.dumps_item(result)
+                    data = session.serializer.dumps_item(result)
             except Exception as exc:
                 ok, data = False, self._describe_failure(exc)
         del self._running[key]
@@ -195,10 +181,10 @@ class Worker:
             self._running.pop(call.key, None)
             report: tuple[bool, bytes] | None = None
             if outcome is not None and not call.aborted:
-                assert self._client is not None
+                assert self._session is not None
                 ok, value = outcome
                 try:
-                    report = (True, self._client._serializer.dumps_item(value)) if ok else None
+                    report = (True, self._session.serializer.dumps_item(value)) if ok else None
                 except Exception as exc:
                     ok, value = False, exc
                 if not ok:
@@ -209,19 +195,19 @@ class Worker:
 
     def _report(self, key: str, outcome: tuple[bool, bytes] | None) -> None:
         """Tell the scheduler a task ended (None: aborted, its result unwanted)."""
-        client = self._client
-        if client is None or client._closed or client._broken is not None:
+        session = self._session
+        if session is None or session.closed or session.broken is not None:
             return  # the scheduler reschedules it elsewhere
         if outcome is None:
-            client._send_oneway(WorkerReady(1))
+            session.send_oneway(WorkerReady(1))
         else:
-            client._send_oneway(TaskDone(key, *outcome, ready=1))
+            session.send_oneway(TaskDone(key, *outcome, ready=1))
 
     @staticmethod
-    def _load_task(client: Client, message: TaskAssign) -> Any:
+    def _load_task(session: Session, message: TaskAssign) -> Any:
         """The task's function and arguments, with its dependencies' results
         in place of their futures (as dask does)."""
-        serializer = client._serializer
+        serializer = session.serializer
         if not message.deps:
             return serializer.loads(message.payload)
         results = {
@@ -242,8 +228,8 @@ class Worker:
 
     def _describe_failure(self, exc: Exception) -> bytes:
         """The task's exception, as itself if it pickles, with its traceback text."""
-        assert self._client is not None
-        serializer = self._client._serializer
+        assert self._session is not None
+        serializer = self._session.serializer
         remote_traceback = "".join(traceback.format_exception(exc))
         described: Any = (type(exc).__qualname__, str(exc), remote_traceback)
         try:
