@@ -27,7 +27,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "trioq"
 COMPILED_CORE = "trioq._core"
 PICKLER = "trioq._wire.pickling"
 PICKLE_MODULES = frozenset({"pickle", "_pickle", "cloudpickle", "dill", "marshal"})
-MAX_MODULE_LINES = 650
+MAX_MODULE_LINES = 610  # "about 600": split by concept beyond that
 LINE_LIMIT_EXEMPT = frozenset({"_core_py.py"})
 MAX_TOP_LEVEL_MODULES = 10
 

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from ._client.variable import Variable
     from ._cluster import Cluster, open_cluster
     from ._scheduler.server import Scheduler
+    from ._taskqueue.remote import RemoteWorker
     from ._taskqueue.taskqueue import TaskInfo, TaskQueue
-    from ._taskqueue.workers import ProcessWorker, RemoteWorker, ThreadWorker
+    from ._taskqueue.workers import ProcessWorker, ThreadWorker
     from ._worker.worker import Worker
 
 __version__ = "0.1.0.dev0"
@@ -69,7 +70,7 @@ _LAZY = {
     "TaskInfo": "._taskqueue.taskqueue",
     "ThreadWorker": "._taskqueue.workers",
     "ProcessWorker": "._taskqueue.workers",
-    "RemoteWorker": "._taskqueue.workers",
+    "RemoteWorker": "._taskqueue.remote",
 }
 
 __all__ = [

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._wire.messages import CreditNotice
 from .instructions import Notice, Out
@@ -71,6 +72,37 @@ class QueueRecord:
     def room(self) -> int:
         # Leased items are not consumed until acknowledged: they still take room.
         return self.maxsize - len(self.items) - self.leased - self.reserved_total
+
+    def status(self) -> dict[str, Any]:
+        """This queue's line in ``python -m trioq status``, as plain data."""
+        return {
+            "name": self.name,
+            "size": len(self.items),
+            "maxsize": self.maxsize,
+            "leased": self.leased,
+            "getters": len(self.getters),
+            "putters": len(self.putters),
+            "senders": self.senders,
+            "receivers": self.receivers,
+            "closed": self.closed,
+            "subscribers": len(self.pushees),
+        }
+
+    def validate(self) -> None:
+        """Check the invariants this record keeps by itself (the state checks the rest)."""
+        assert self.reserved_total == sum(self.reserved.values()), "credit sum is wrong"
+        assert all(held > 0 for held in self.reserved.values()), "empty or negative credit"
+        assert set(self.revoking) <= set(self.reserved), "revoking credit nobody holds"
+        if self.maxsize:
+            assert len(self.items) + self.leased + self.reserved_total <= max(
+                self.maxsize, len(self.items) + self.leased
+            ), "credit beyond the room"
+        assert not (self.items and self.getters), "items wait while getters wait"
+        assert sorted(self.push_turn) == sorted(self.pushees), "push turn is off"
+        if self.items:
+            assert all(sub.free <= 0 for sub in self.pushees.values()), "push stalled"
+        assert not ((self.closed or self.broken) and self.putters), "refused puts wait"
+        assert self.senders >= 0 and self.receivers >= 0, "negative endpoint count"
 
     # -- put credit ----------------------------------------------------------------
 

@@ -560,21 +560,7 @@ class SchedulerState:
     def status(self) -> dict[str, Any]:
         """Plain data for ``python -m trioq status``."""
         return {
-            "queues": [
-                {
-                    "name": q.name,
-                    "size": len(q.items),
-                    "maxsize": q.maxsize,
-                    "leased": q.leased,
-                    "getters": len(q.getters),
-                    "putters": len(q.putters),
-                    "senders": q.senders,
-                    "receivers": q.receivers,
-                    "closed": q.closed,
-                    "subscribers": len(q.pushees),
-                }
-                for q in self._queues.values()
-            ],
+            "queues": [queue.status() for queue in self._queues.values()],
             "variables": self.variables.status(),
             "channels": self.channels.status(),
             "clients": [
@@ -605,24 +591,12 @@ class SchedulerState:
                 else:
                     assert self.variables.is_reader(conn, rid, name), "parked read is lost"
         for queue in self._queues.values():
+            queue.validate()
             assert queue.leased == leased.get(id(queue), 0), "lease count is wrong"
-            assert queue.reserved_total == sum(queue.reserved.values()), "credit sum is wrong"
-            assert all(held > 0 for held in queue.reserved.values()), "empty or negative credit"
             assert set(queue.reserved) <= set(self._conns), "credit held by a gone client"
-            assert set(queue.revoking) <= set(queue.reserved), "revoking credit nobody holds"
-            if queue.maxsize:
-                assert len(queue.items) + queue.leased + queue.reserved_total <= max(
-                    queue.maxsize, len(queue.items) + queue.leased
-                ), "credit beyond the room"
-            assert not (queue.items and queue.getters), "items wait while getters wait"
-            assert sorted(queue.push_turn) == sorted(queue.pushees), "push turn is off"
             for conn, subscriber in queue.pushees.items():
                 assert subscriber.free >= 0, "a subscriber holds more than its window"
                 leases = self._conns[conn].leases
                 assert all(leases[lease][0] is queue for lease in subscriber.pushed), "lost push"
-            if queue.items:
-                assert all(sub.free <= 0 for sub in queue.pushees.values()), "push stalled"
-            assert not ((queue.closed or queue.broken) and queue.putters), "refused puts wait"
-            assert queue.senders >= 0 and queue.receivers >= 0, "negative endpoint count"
             for conn, rid in [*queue.getters, *queue.putters]:
                 assert self._conns[conn].parked.get(rid) is not None, "parked request unknown"

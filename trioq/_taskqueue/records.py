@@ -3,7 +3,7 @@
 Rules: these are plain records and arithmetic, no I/O.  ``FairTags`` turns
 a call's niceness and series into the core scheduler's integer priority;
 ``_Call`` follows one call from submission to its answer; ``_Handle`` is
-one attached worker and the calls its runners hold.  ``TaskQueue`` (in
+one attached worker, the calls its runners hold, and how it stops.  ``TaskQueue`` (in
 ``_taskqueue``) drives them.
 """
 
@@ -18,7 +18,7 @@ import trio
 if TYPE_CHECKING:
     from .workers import _Sink, _Worker
 
-__all__ = ["FairTags", "TaskInfo"]
+__all__ = ["FairTags", "TaskInfo", "describe"]
 
 _PINNED = object()  # with a worker id: the private series of that worker's updates
 
@@ -83,6 +83,21 @@ class _Call:
     queue_error: bool = False  # cancelled/lost: raised even if return_failure is False
     pinned: _Handle | None = None  # an update's: the one worker it runs on
 
+    def settle(
+        self, *, value: Any = None, error: BaseException | None = None, queue: bool = False
+    ) -> None:
+        """Answer the caller (once; later answers change nothing)."""
+        if not self.settled:
+            self.settled = True
+            self.value, self.error, self.queue_error = value, error, queue
+            self.event.set()
+
+    def disown(self) -> None:
+        """Take the call from its runner: the runner stops it and changes nothing."""
+        self.attempt += 1
+        if self.scope is not None:
+            self.scope.cancel()
+
 
 @dataclass(eq=False)
 class _Handle:
@@ -100,3 +115,24 @@ class _Handle:
     def pin(self) -> tuple[object, int]:
         """The private series of this worker's updates."""
         return (_PINNED, self.id)
+
+    async def drain_and_close(self) -> None:
+        """Wait for the calls still running, then stop the worker gracefully; sets ``closed``."""
+        try:
+            while self.running:
+                self.idle = trio.Event()
+                await self.idle.wait()
+            await self.worker._close(crash=False)
+            self.worker._attached = False
+        finally:
+            self.closed.set()
+
+    async def crash(self) -> None:
+        """Stop the worker at once (its child killed, its remote tasks cancelled)."""
+        await self.worker._close(crash=True)
+        self.worker._attached = False
+
+
+def describe(fn: Callable[..., Any]) -> str:
+    """A function's name for the log."""
+    return getattr(fn, "__qualname__", None) or repr(fn)

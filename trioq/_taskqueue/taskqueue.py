@@ -37,11 +37,11 @@ import trio
 
 from .._exceptions import TaskCancelledError, WorkerLostError, collapse_single_groups
 from .._impl import core
-from .records import FairTags, TaskInfo, _Call, _Handle
+from .records import FairTags, TaskInfo, _Call, _Handle, describe
+from .remote import RemoteWorker
 from .workers import (
     CallStream,
     ProcessWorker,
-    RemoteWorker,
     ThreadWorker,
     WorkerDied,
     _Sink,
@@ -304,13 +304,13 @@ class TaskQueue:
         self._drop_pinned(handle, running=crash)
         if not crash:
             self._sched.remove_worker(worker_id, requeue=False)  # its calls go on, outside
-            self._nursery.start_soon(self._finish_detach, handle)
+            self._nursery.start_soon(handle.drain_and_close)
             await handle.closed.wait()
             return []
         lost = []
         for key in self._sched.remove_worker(worker_id, requeue=reassign):
             call = self._calls[key]
-            self._disown(call)
+            call.disown()
             if reassign and not call.settled:
                 continue  # queued again, in its original place
             if not reassign:
@@ -318,19 +318,8 @@ class TaskQueue:
             self._give_up(call, WorkerLostError(f"worker {worker_id} was detached (crash=True)"))
         self._dispatch()
         with trio.CancelScope(shield=True):
-            await handle.worker._close(crash=True)
-        handle.worker._attached = False
+            await handle.crash()
         return lost
-
-    async def _finish_detach(self, handle: _Handle) -> None:
-        try:
-            while handle.running:
-                handle.idle = trio.Event()
-                await handle.idle.wait()
-            await handle.worker._close(crash=False)
-            handle.worker._attached = False
-        finally:
-            handle.closed.set()
 
     def qualify_worker(self, worker_or_id: AnyWorker | int, series: str) -> None:
         """Let a worker (object or id) run calls of ``series`` from now on.
@@ -367,12 +356,8 @@ class TaskQueue:
         for key in self._sched.remove_worker(handle.id, requeue=True):
             self._lost(self._calls[key], queued=True)
         assert self._nursery is not None
-        self._nursery.start_soon(self._close_dead, handle.worker)
+        self._nursery.start_soon(handle.crash)
         self._dispatch()
-
-    async def _close_dead(self, worker: _Worker) -> None:
-        await worker._close(crash=True)
-        worker._attached = False
 
     def _drop_pinned(self, handle: _Handle, *, running: bool) -> None:
         """``handle`` is leaving: its queued updates (and running ones if ``running``) end."""
@@ -383,7 +368,7 @@ class TaskQueue:
 
     def _lost(self, call: _Call, *, queued: bool) -> None:
         """``call``'s worker died under it: run it again elsewhere, or give up."""
-        self._disown(call)
+        call.disown()
         call.deaths += 1
         if call.pinned is not None:  # an update runs on its worker or nowhere
             self._give_up(call, WorkerLostError(f"worker {call.pinned.id} died running it"))
@@ -439,9 +424,9 @@ class TaskQueue:
             return call.value
         if call.queue_error or self._return_failure:
             if self._warn and not call.queue_error:
-                log.warning("call %s failed", _name(fn), exc_info=call.error)
+                log.warning("call %s failed", describe(fn), exc_info=call.error)
             raise call.error
-        log.error("call %s failed", _name(fn), exc_info=call.error)
+        log.error("call %s failed", describe(fn), exc_info=call.error)
         return None
 
     async def update(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -464,7 +449,7 @@ class TaskQueue:
         self._check_open()
         self._updates.append((fn, args, kwargs))
         if self._verbose:
-            log.info("update %s on %d workers", _name(fn), len(self._workers))
+            log.info("update %s on %d workers", describe(fn), len(self._workers))
         info = TaskInfo(fn, args, kwargs, -20, None)
         calls = [self._submit(info, pinned=handle) for handle in self._workers.values()]
         self._dispatch()
@@ -481,7 +466,7 @@ class TaskQueue:
             if isinstance(call.value, CallStream):
                 call.value.close()  # nobody reads an update's items
             if isinstance(call.error, WorkerLostError):
-                log.warning("update %s did not run to its end: %s", _name(fn), call.error)
+                log.warning("update %s did not run to its end: %s", describe(fn), call.error)
             elif call.queue_error:
                 assert call.error is not None
                 raise call.error  # the queue shut down
@@ -491,7 +476,7 @@ class TaskQueue:
             if self._return_failure:
                 raise errors[0]
             for error in errors:
-                log.error("update %s failed", _name(fn), exc_info=error)
+                log.error("update %s failed", describe(fn), exc_info=error)
 
     def _submit(self, info: TaskInfo, pinned: _Handle | None = None) -> _Call:
         """Queue a call in the core (an update if ``pinned``); ``_dispatch`` starts it."""
@@ -520,7 +505,7 @@ class TaskQueue:
             call.scope = trio.CancelScope()
             handle.running.add(call)
             if self._spew:
-                log.debug("call %d (%s) -> worker %d", call.key, _name(call.info.fn), handle.id)
+                log.debug("call %d (%s) -> worker %d", call.key, describe(call.info.fn), handle.id)
             assert self._nursery is not None
             self._nursery.start_soon(self._run_call, call, handle, call.attempt, call.scope)
 
@@ -547,10 +532,10 @@ class TaskQueue:
                     if sink.stream is not None:
                         sink.fail(exc)  # the generator failed: the stream raises it
                     elif call.attempt == attempt:
-                        self._settle(call, error=exc)
+                        call.settle(error=exc)
                 else:
                     if call.attempt == attempt and sink.stream is None:
-                        self._settle(call, value=value)
+                        call.settle(value=value)
                 finally:
                     sink.close()
         finally:
@@ -559,12 +544,10 @@ class TaskQueue:
                 handle.idle.set()
             if call.attempt == attempt:
                 if not call.settled:  # only if cancelled from outside: the queue is stopping
-                    self._settle(
-                        call, error=TaskCancelledError("the call was cancelled"), queue=True
-                    )
+                    call.settle(error=TaskCancelledError("the call was cancelled"), queue=True)
                 self._forget(call)
         if self._spew:
-            log.debug("call %d (%s) ended on worker %d", call.key, _name(info.fn), handle.id)
+            log.debug("call %d (%s) ended on worker %d", call.key, describe(info.fn), handle.id)
         if not handle.detached:
             await handle.worker._ready()
             if not handle.detached:
@@ -574,7 +557,7 @@ class TaskQueue:
     def _stream_opened(self, call: _Call, attempt: int, stream: CallStream) -> bool:
         if call.attempt != attempt or call.settled:
             return False  # nobody will read it: the generator stops
-        self._settle(call, value=stream)
+        call.settle(value=stream)
         return True
 
     def _stream_failed(self, error: BaseException) -> bool:
@@ -586,36 +569,16 @@ class TaskQueue:
         log.error("streamed call failed", exc_info=error)
         return False
 
-    def _settle(
-        self,
-        call: _Call,
-        *,
-        value: Any = None,
-        error: BaseException | None = None,
-        queue: bool = False,
-    ) -> None:
-        """Answer the caller (once)."""
-        if not call.settled:
-            call.settled = True
-            call.value, call.error, call.queue_error = value, error, queue
-            call.event.set()
-
     def _give_up(self, call: _Call, error: BaseException) -> None:
         """End ``call`` with ``error`` (its caller's, or its stream's), and forget it."""
         if call.settled:
             if call.sink is not None:
                 call.sink.fail(error)  # a stream in progress: its reader gets the error
         else:
-            self._settle(call, error=error, queue=True)
+            call.settle(error=error, queue=True)
         if call.scope is not None:
             call.scope.cancel()
         self._forget(call)
-
-    def _disown(self, call: _Call) -> None:
-        """Take ``call`` from its runner: the runner stops it and changes nothing."""
-        call.attempt += 1
-        if call.scope is not None:
-            call.scope.cancel()
 
     def _withdraw(self, call: _Call) -> None:
         """The caller gave up waiting (cancelled or timed out)."""
@@ -638,7 +601,3 @@ class TaskQueue:
             self._sched.cancel_task(call.key)
         if not self._calls and self._drained is not None:
             self._drained.set()
-
-
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
