@@ -83,9 +83,9 @@ def is_trioq(name: str) -> bool:
 
 
 def is_type_checking(test: ast.expr) -> bool:
-    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
+    """``TYPE_CHECKING``, ``typing.TYPE_CHECKING`` or ``_typing.TYPE_CHECKING`` (an alias)."""
     if isinstance(test, ast.Attribute) and isinstance(test.value, ast.Name):
-        return test.value.id == "typing" and test.attr == "TYPE_CHECKING"
+        return test.value.id in {"typing", "_typing"} and test.attr == "TYPE_CHECKING"
     return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
 
 

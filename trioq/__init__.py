@@ -3,16 +3,12 @@
 The public namespace is assembled here from private modules, one concept
 each, with ``__module__`` rewritten so users see ``trioq.X``.  Client-side
 names load lazily on first access: the scheduler process imports this
-package too, and must never import a pickler (see ``_serialize``).
+package too, and must never import a pickler (see ``_wire.serialize``).
 ``core_impl()`` says whether the compiled Cython core or its pure-Python
 twin is in use.
 """
 
-from __future__ import annotations
-
-import contextlib
-import importlib
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._exceptions import (
     AuthenticationError,
@@ -28,7 +24,8 @@ from ._exceptions import (
 )
 from ._impl import core_impl
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
+    from . import streams as streams
     from ._client.channel import Channel, ChannelSubscription
     from ._client.client import Client
     from ._client.connect import connect
@@ -111,27 +108,37 @@ __all__ = [
 ]
 
 
-def _publish(obj: Any) -> Any:
+def _publish(obj: object) -> object:
     if getattr(obj, "__module__", "").startswith("trioq."):
-        with contextlib.suppress(AttributeError, TypeError):
+        try:  # noqa: SIM105 -- no contextlib import left in the namespace
             obj.__module__ = "trioq"
+        except (AttributeError, TypeError):
+            pass
     return obj
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trioq' has no attribute {name!r}")
-    value = _publish(getattr(importlib.import_module(module, __name__), name))
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
 
 
 for _name in __all__:
     if _name not in _LAZY:
         _publish(globals()[_name])
-del _name
+
+if not _typing.TYPE_CHECKING:  # type checkers see the imports above, not a catch-all
+
+    def __getattr__(name, _lazy=_LAZY, _publish=_publish):
+        """Load a public name (or the ``streams`` module) on first access."""
+        import importlib
+
+        if name == "streams":
+            return importlib.import_module(".streams", __name__)  # sets trioq.streams
+        module = _lazy.get(name)
+        if module is None:
+            raise AttributeError(f"module 'trioq' has no attribute {name!r}")
+        value = _publish(getattr(importlib.import_module(module, __name__), name))
+        globals()[name] = value
+        return value
+
+    def __dir__():
+        return sorted({*__all__, "streams", "__version__"})
+
+
+# Only the public names (and submodules, as Python adds them) stay in the namespace.
+del _name, _publish, _LAZY, _typing

@@ -64,7 +64,8 @@ from ._exceptions import collapse_single_groups
 if TYPE_CHECKING:
     from ._client.client import Client
 
-__all__ = ["scatter", "map", "gather", "multiplex", "merge", "DEFAULT_BUFFER"]
+# ``map`` is left out of ``__all__``: a star import would shadow the builtin.
+__all__ = ["scatter", "gather", "multiplex", "merge", "DEFAULT_BUFFER"]
 
 
 # -- stages (the pumps live in trioq._client.stages) --------------------------------

@@ -23,23 +23,49 @@ from .._wire.auth import TOKEN_ENV
 from .._wire.transport import FramedConnection
 from .session import Session
 
-__all__ = ["open_session", "parse_address", "register_local_token", "resolve_token"]
+__all__ = [
+    "open_session",
+    "parse_address",
+    "format_address",
+    "register_local_token",
+    "resolve_token",
+]
 
 _LOCAL_TOKENS: dict[str, str] = {}
 
 
 def register_local_token(address: str, token: str) -> None:
     """Let ``connect(address)`` in this process find the token of a local cluster."""
-    _LOCAL_TOKENS[address] = token
+    _LOCAL_TOKENS[format_address(*parse_address(address))] = token
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """``"tcp://host:port"`` (or ``"host:port"``, ``"[::1]:port"``) -> (host, port)."""
-    rest = address.removeprefix("tcp://")
+    """``"tcp://host:port"`` (or a bare ``"host:port"``, ``"[::1]:port"``) -> (host, port).
+
+    Raises ``TypeError`` for an address that is not a str, ``ValueError`` for
+    a scheme other than ``tcp`` (``"http://..."``, say) or a malformed one.
+    """
+    if not isinstance(address, str):
+        raise TypeError(
+            f"address must be a str like 'tcp://host:port', got {type(address).__name__}"
+        )
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        rest = address  # a bare host:port means tcp
+    elif scheme != "tcp":
+        raise ValueError(
+            f"unsupported address scheme {scheme!r} in {address!r}: "
+            "a trioq scheduler's address looks like tcp://host:port"
+        )
     host, sep, port = rest.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"address must look like tcp://host:port, got {address!r}")
     return host.strip("[]"), int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    """(host, port) -> ``"tcp://host:port"`` (an IPv6 host in brackets)."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 def resolve_token(address: str, token: str | None) -> str:
@@ -69,8 +95,9 @@ async def open_session(
     If cancelled while connecting, the socket is closed and nothing is left
     behind.  Leaving the block closes the session (see ``Session.aclose``).
     """
-    secret = resolve_token(address, token)
     host, port = parse_address(address)
+    address = format_address(host, port)  # one spelling: tokens of local clusters match
+    secret = resolve_token(address, token)
     stream = await trio.open_tcp_stream(host, port)
     connection = FramedConnection(stream, max_frame_size=max_frame_size)
     try:

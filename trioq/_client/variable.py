@@ -50,15 +50,18 @@ class Variable:
     async def get(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (dask's API)
         """The current value, waiting until one is set.
 
-        ``timeout`` (seconds) raises ``trio.TooSlowError`` when it runs out;
+        ``timeout`` (seconds) raises ``trio.TooSlowError`` (naming the variable)
+        when it runs out;
         a thin ``trio.fail_after`` kept for dask familiarity: prefer cancel
         scopes.  A cancelled ``get`` (or one that timed out) leaves nothing
         behind: its waiting read is withdrawn.
         """
         if timeout is None:
             return await self._get()
-        with trio.fail_after(timeout):
+        with trio.move_on_after(timeout) as waited:
             return await self._get()
+        assert waited.cancelled_caught
+        raise trio.TooSlowError(f"variable {self.name!r} was not set within {timeout} s")
 
     async def get_nowait(self) -> Any:
         """The current value; raises ``LookupError`` if it is not set.

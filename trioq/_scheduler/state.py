@@ -8,14 +8,14 @@ Rules:
   order.  Tasks, channels and variables are boards of their own
   (``TaskBoard``, ``ChannelBoard``, ``VariableBoard``) that this state
   feeds; queues live here, their records and put credit in
-  ``_queue_records``.
+  ``queues``.
 * Items are opaque ``bytes``; this module never decodes them.
 * An item handed to a client is *leased* to that connection until the
   client acknowledges it (``Ack``).  A connection that goes away, or returns
   leases, puts those items back at the head of their queue in their
   original order: no item is lost or duplicated by a vanished client.
 * ``maxsize`` 0 means unbounded; a bounded queue never holds more (see
-  ``_queue_records`` for room and credit).
+  ``queues`` for room and credit).
 * Push subscribers of a queue are dealt its items round-robin, up to their
   window, before any parked get is served.
 * A parked request (a get waiting for an item, a put waiting for room, a

@@ -1,5 +1,6 @@
 """AsynQueue's ``TaskQueue``: a priority queue of calls over attachable workers.
 
 ``taskqueue`` is the queue itself, ``records`` its bookkeeping, ``workers``
-the thread, process and remote workers, ``child`` a process worker's child.
+the thread and process workers, ``remote`` the cluster worker, ``child`` a
+process worker's child.
 """

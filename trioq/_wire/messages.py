@@ -7,7 +7,7 @@ Rules:
   means "one-way": no answer is sent; if it fails on a queue, the scheduler
   says so with an unsolicited ``QUEUE_ERROR`` notice naming the queue.  Handshake frames
   (``HELLO``, ``AUTH``, ``WELCOME``) have their own fixed shapes in
-  ``_auth``.
+  ``auth``.
 * Each request and reply is one small frozen class whose fields are
   encoded as a msgpack array, in declaration order.  Decoding checks the
   count and the type of every field and raises ``RemoteProtocolError``
@@ -266,7 +266,7 @@ def decode_reply(cls: type[M], payload: bytes) -> M:
 @_message
 @dataclasses.dataclass(frozen=True, slots=True)
 class ErrorReply(Message):
-    """An ``ERROR`` answer: ``kind`` names the exception class (see ``_errors``)."""
+    """An ``ERROR`` answer: ``kind`` names the exception class (see ``_exceptions.refusal``)."""
 
     kind: str
     message: str

@@ -2,7 +2,7 @@
 
 Rules: pickled bytes are code.  Only processes that created the data or
 are about to run it (clients, workers) import this module; the scheduler
-never does, and routes pickled parts as opaque bytes (see ``_serialize``).
+never does, and routes pickled parts as opaque bytes (see ``_wire.serialize``).
 """
 
 from __future__ import annotations

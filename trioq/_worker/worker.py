@@ -7,7 +7,7 @@ Rules:
   worker is never sent more than it can run.
 * Plain functions run in worker threads (``trio.to_thread``, at most
   ``nthreads`` at once, in thread lanes that take the tasks queued behind
-  each other in one thread hop: see ``_worker_threads``); ``async def``
+  each other in one thread hop: see ``threads``); ``async def``
   functions run as trio tasks in the worker's nursery, at most ``nthreads``
   at once.  An abort from the scheduler cancels a trio task's scope; a
   thread cannot be interrupted, so its result is discarded.
