@@ -809,7 +809,7 @@ def test_status_counts_tasks_by_state_and_lists_workers() -> None:
     h.cancel(CLIENT, "d")
     report = h.task_status()
     assert report["tasks"] == {"finished": 1, "running": 1, "pending": 1, "cancelled": 1}
-    assert report["workers"] == [{"id": W1, "name": f"w{W1}", "running": 1}]
+    assert report["workers"] == [{"id": W1, "name": f"w{W1}", "slots": 2, "running": 1}]
 
 
 # -- a state machine: random clients and workers ------------------------------------------

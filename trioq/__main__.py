@@ -1,10 +1,17 @@
 """Command line: ``python -m trioq COMMAND``.
 
 ``scheduler`` serves named state over TCP; ``worker`` runs tasks for a
-scheduler; ``status`` shows what a scheduler holds; ``demo`` runs trioq's
-workloads end to end; ``cluster`` runs a scheduler and worker processes
-in one command and stops them all on Ctrl-C or SIGTERM.  Each command imports only
-what it needs: the scheduler's process never imports a pickler.
+scheduler; ``status`` shows what a scheduler holds (tables, or ``--json``);
+``demo`` runs trioq's workloads end to end; ``cluster`` runs a scheduler and
+worker processes in one command and stops them all on Ctrl-C or SIGTERM.
+``--version`` prints ``trioq VERSION``.
+
+Rules: each command imports only what it needs (the scheduler's process
+never imports a pickler).  ``worker`` and ``status`` default to the address
+``scheduler`` binds by default.  A failure the user can fix (no token, a
+taken port, no scheduler at the address) is reported on stderr with exit
+status 2, never as a traceback.  A token is printed only when this process
+generated it.
 """
 
 from __future__ import annotations
@@ -15,13 +22,30 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import __version__
 from ._exceptions import TrioqError, collapse_single_groups
 
+if TYPE_CHECKING:
+    from ._scheduler.server import Scheduler
+
 __all__ = ["main"]
+
+DEFAULT_HOST = "127.0.0.1"  # what ``scheduler`` and ``cluster`` bind unless --host
+DEFAULT_PORT = 8786  # what they listen on unless --port (dask's default too)
+DEFAULT_ADDRESS = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"  # where ``worker`` and ``status`` go
+
+
+class CommandError(Exception):
+    """A failure the command reports as one line (``main`` prints it, exit status 2)."""
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 worker", "0 workers"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _add_token_options(parser: argparse.ArgumentParser) -> None:
@@ -31,16 +55,37 @@ def _add_token_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to bind (default: {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port (default: {DEFAULT_PORT}; 0: any free)",
+    )
+
+
+def _add_address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "address",
+        nargs="?",
+        default=DEFAULT_ADDRESS,
+        help=f"the scheduler, tcp://host:port (default: {DEFAULT_ADDRESS})",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trioq",
         description="trioq: distributed queues and tasks for trio.",
     )
+    parser.add_argument("--version", action="version", version=f"trioq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     scheduler = commands.add_parser("scheduler", help="run a scheduler")
-    scheduler.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    scheduler.add_argument("--port", type=int, default=8786, help="port (8786; 0: any free)")
+    _add_listen_options(scheduler)
     scheduler.add_argument(
         "--dispatch", choices=["pull", "push"], default="pull", help="task dispatch policy (pull)"
     )
@@ -58,8 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("cluster", help="run a scheduler and worker processes")
     cluster.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     cluster.add_argument("--nthreads", type=int, default=1, help="tasks each runs at once (1)")
-    cluster.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    cluster.add_argument("--port", type=int, default=8786, help="port (8786; 0: any free)")
+    _add_listen_options(cluster)
     cluster.add_argument(
         "--dispatch", choices=["pull", "push"], default="pull", help="task dispatch policy (pull)"
     )
@@ -69,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_token_options(cluster)
 
     worker = commands.add_parser("worker", help="run a worker for a scheduler")
-    worker.add_argument("address", help="tcp://host:port")
+    _add_address_argument(worker)
     worker.add_argument("--nthreads", type=int, default=1, help="tasks run at once (1)")
     worker.add_argument("--name", help="shown by status (default: host and process id)")
     worker.add_argument(
@@ -78,7 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_token_options(worker)
 
     status = commands.add_parser("status", help="show a scheduler's queues, variables, clients")
-    status.add_argument("address", help="tcp://host:port")
+    _add_address_argument(status)
+    status.add_argument(
+        "--json", action="store_true", help="print the report as one JSON document, not tables"
+    )
     _add_token_options(status)
 
     demo = commands.add_parser("demo", help="run trioq's workloads end to end and check them")
@@ -104,6 +151,21 @@ async def _until_signalled(run: Any) -> None:
                 break
 
 
+async def _listen(nursery: trio.Nursery, scheduler: Scheduler) -> str:
+    """Start ``scheduler.serve`` in ``nursery``; its address.
+
+    Raises ``CommandError`` naming the address if it cannot listen.
+    """
+    try:
+        address: str = await nursery.start(scheduler.serve)
+    except OSError as exc:
+        host = f"[{scheduler.host}]" if ":" in scheduler.host else scheduler.host
+        reason = exc.strerror or str(exc)
+        reason = reason[:1].lower() + reason[1:]  # "Address already in use" -> "address ..."
+        raise CommandError(f"cannot listen on {host}:{scheduler.port}: {reason}") from exc
+    return address
+
+
 async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
     from ._scheduler.server import Scheduler
 
@@ -118,7 +180,7 @@ async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(scheduler.serve)
+            address = await _listen(nursery, scheduler)
             print(f"trioq scheduler listening on {address}", flush=True)
             if token is None:
                 print(f"token: {scheduler.token}", flush=True)
@@ -140,7 +202,7 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            address = await nursery.start(scheduler.serve)
+            address = await _listen(nursery, scheduler)
             env = {**os.environ, "TRIOQ_TOKEN": scheduler.token}
             for index in range(args.workers):
                 command = [sys.executable, "-m", "trioq", "worker", address]
@@ -149,8 +211,10 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
                 await nursery.start(
                     functools.partial(trio.run_process, command, env=env, check=False)
                 )
-            print(f"trioq cluster: scheduler on {address}, {args.workers} workers", flush=True)
-            print(f"token: {scheduler.token}", flush=True)
+            workers = _count(args.workers, "worker")
+            print(f"trioq cluster: scheduler on {address}, {workers}", flush=True)
+            if token is None:  # one it was given is never printed
+                print(f"token: {scheduler.token}", flush=True)
             task_status.started()
 
     await _until_signalled(run)
@@ -183,23 +247,45 @@ def _format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _bound(limit: int | None) -> int | str:
+    """A queue's ``maxsize`` or a channel's ``maxlen`` as shown: 0 and None are no bound."""
+    return limit if limit else "unbounded"
+
+
+def _worker_row(worker: dict[str, Any]) -> dict[str, Any]:
+    """A worker's line: its slots, how many run a task, how many tasks wait behind them.
+
+    ``running`` counts every task assigned to it; push dispatch assigns up
+    to ``prefetch`` beyond its slots, and those wait on the worker.
+    """
+    running: int = worker["running"]
+    slots: int | None = worker.get("slots")  # absent from an older scheduler's report
+    if slots is None:
+        return {**worker, "slots": "?", "busy": "?", "queued": "?"}
+    busy = min(running, slots)
+    return {**worker, "slots": slots, "busy": busy, "queued": running - busy}
+
+
 def format_status(report: dict[str, Any]) -> str:
     """The ``status`` command's readable tables."""
     queue_columns = ["name", "size", "maxsize", "leased", "getters", "putters"]
     queue_columns += ["senders", "receivers", "subscribers", "closed"]
+    queues = [{**q, "maxsize": _bound(q["maxsize"])} for q in report["queues"]]
     channel_columns = ["name", "length", "appended", "maxlen", "readers", "stopped"]
+    channels = [{**c, "maxlen": _bound(c["maxlen"])} for c in report.get("channels", [])]
+    workers = [_worker_row(w) for w in report.get("workers", [])]
     return "\n".join(
         [
             "queues:",
-            _format_table(report["queues"], queue_columns),
+            _format_table(queues, queue_columns),
             "variables:",
             "  " + (", ".join(report["variables"]) or "(none)"),
             "channels:",
-            _format_table(report.get("channels", []), channel_columns),
+            _format_table(channels, channel_columns),
             "clients:",
             _format_table(report["clients"], ["id", "name", "address", "leases"]),
             "workers:",
-            _format_table(report.get("workers", []), ["id", "name", "running"]),
+            _format_table(workers, ["id", "name", "slots", "busy", "queued"]),
             "tasks:",
             "  "
             + (
@@ -210,11 +296,22 @@ def format_status(report: dict[str, Any]) -> str:
     )
 
 
-async def _show_status(address: str, token: str | None) -> None:
+def _without_client(report: dict[str, Any], client_id: int) -> dict[str, Any]:
+    """``report`` without the client ``client_id`` (the status command's own connection)."""
+    return {**report, "clients": [c for c in report["clients"] if c["id"] != client_id]}
+
+
+async def _show_status(address: str, token: str | None, as_json: bool) -> None:
     from ._client.connect import connect
 
     async with connect(address, token=token, name="trioq status") as client:
-        print(format_status(await client.status()))
+        report = _without_client(await client.status(), client.id)
+    if as_json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if address and exc.filename is None:  # a network error, not a missing file
             print(f"  (is a trioq scheduler running at {address}?)", file=sys.stderr)
         return 2
-    except (ValueError, TrioqError) as exc:
+    except (ValueError, TrioqError, CommandError) as exc:
         print(f"trioq {args.command}: {exc}", file=sys.stderr)
         return 2
 
@@ -246,7 +343,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "cluster":
         trio.run(_run_cluster, args, _token(args))
     elif args.command == "status":
-        trio.run(_show_status, args.address, _token(args))
+        trio.run(_show_status, args.address, _token(args), args.json)
     else:
         from ._demo.demo import DemoFailure, run_demo
 

@@ -128,6 +128,7 @@ class TaskBoard:
         self._dependents: dict[str, list[_Task]] = {}  # key -> tasks waiting for it
         self._orphans: list[_Task] = []  # unfinished tasks that lost their last holder
         self._workers: dict[int, str] = {}  # conn -> worker name
+        self._slots: dict[int, int] = {}  # conn -> tasks that worker runs at once
 
     # -- requests --------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class TaskBoard:
             with _refusing_bad_values():
                 self._core.add_worker(conn, message.slots, message.series)
             self._workers[conn] = message.name
+            self._slots[conn] = message.slots
             out.append(Reply(conn, rid, Ok()))
         elif isinstance(message, TaskCancel):
             self._cancel(message.key, out)
@@ -333,6 +335,7 @@ class TaskBoard:
         """Forget a connection: a worker's running tasks go back to the queue."""
         if conn in self._workers:
             del self._workers[conn]
+            del self._slots[conn]
             for key in self._core.remove_worker(conn, requeue=True):
                 task = self._tasks[key]
                 task.deaths += 1
@@ -433,13 +436,19 @@ class TaskBoard:
         return {
             "tasks": counts,
             "workers": [
-                {"id": conn, "name": name, "running": len(self._core.worker_tasks(conn))}
+                {
+                    "id": conn,
+                    "name": name,
+                    "slots": self._slots[conn],
+                    "running": len(self._core.worker_tasks(conn)),
+                }
                 for conn, name in self._workers.items()
             ],
         }
 
     def validate(self) -> None:
         self._core.validate()
+        assert set(self._slots) == set(self._workers), "slots of an unknown worker"
         assert not self._orphans, "orphaned tasks were not settled"
         for key, task in self._tasks.items():
             if task.status in FINAL:
