@@ -200,15 +200,7 @@ async def _emit(send: trio.MemorySendChannel[outcome.Outcome[Any]], result: Any)
 async def scatter(
     session: Session, source: trio.abc.ReceiveChannel[Any], *, buffer: int = DEFAULT_BUFFER
 ) -> trio.abc.ReceiveChannel[Future]:
-    """Ship each item of ``source`` to the cluster; a channel of its data futures.
-
-    An item that cannot be serialized raises its ``SerializationError`` from
-    the output's ``receive`` at its place.  Raises ``TypeError`` for a source
-    that is not a receive channel, ``ValueError`` for a buffer below 1,
-    ``RuntimeError`` for a client not made by ``trioq.connect``.  If the call
-    itself is cancelled, the stage it started runs on (holding ``source``)
-    until the client closes.
-    """
+    """The ``scatter`` stage on ``session``; documented at ``trioq.streams.scatter``."""
     _check_source(source)
     return await _started(session, buffer, _scatter_pump, session, source)
 
@@ -235,19 +227,7 @@ async def map(
     buffer: int = DEFAULT_BUFFER,
     **options: Any,
 ) -> trio.abc.ReceiveChannel[Future]:
-    """A task ``fn(item)`` per item or future of ``source``; a channel of their
-    futures, in input order.  A future's task receives its result.  ``options``
-    go to ``submit`` (priority, series, retries).
-
-    Raises ``TypeError`` for a source that is not a receive channel or an
-    ``fn`` that is not callable, ``ValueError`` for a buffer below 1,
-    ``RuntimeError`` for a client not made by ``trioq.connect``; an ``fn``
-    that cannot be pickled raises cloudpickle's error.  An error of a
-    ``submit`` (see ``Client.submit``) comes from the output's ``receive``
-    at its place; a refusal by the scheduler, from awaiting the future.  If
-    the call itself is cancelled, the stage it started runs on (holding
-    ``source``) until the client closes.
-    """
+    """The ``map`` stage on ``session``; documented at ``trioq.streams.map``."""
     _check_source(source)
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -282,16 +262,7 @@ async def _map_pump(
 async def gather(
     session: Session, source: trio.abc.ReceiveChannel[Future], *, buffer: int = DEFAULT_BUFFER
 ) -> trio.abc.ReceiveChannel[Any]:
-    """The results of the futures of ``source``, in input order.
-
-    Up to ``buffer`` futures are read ahead at once (their reads pipelined).
-    A task's error, or ``TypeError`` for an input that is not a future, is
-    raised by the ``receive`` of its place; later items follow.  Raises
-    ``TypeError`` for a source that is not a receive channel, ``ValueError``
-    for a buffer below 1, ``RuntimeError`` for a client not made by
-    ``trioq.connect``.  If the call itself is cancelled, the stage it
-    started runs on (holding ``source``) until the client closes.
-    """
+    """The ``gather`` stage on ``session``; documented at ``trioq.streams.gather``."""
     _check_source(source)
     window = _check_buffer(buffer)
     return await _started(session, window, _gather_pump, session, source, window)
