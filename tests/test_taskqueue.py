@@ -16,7 +16,7 @@ with ``trio.from_thread`` and wait on ``threading.Event`` gates, always with
 a timeout, so a failing test never leaves a thread behind for long.
 
 Every wait is bounded by ``trio.fail_after``; nothing synchronises by
-sleeping.  Where a test must know a call is queued it watches ``len(queue)``
+sleeping.  Where a test must know a call is queued it watches ``queue.pending()``
 (calls queued or running); where it must know nothing more will happen by
 itself it uses ``trio.testing.wait_all_tasks_blocked``, which sees trio
 tasks only: a producer in a thread is observed directly instead (the
@@ -121,7 +121,7 @@ class Callers:
     """Calls made in the background, one trio task each, by name.
 
     ``submit`` returns once the new call is queued (every task is blocked and
-    ``len(queue)`` counts it), so calls are queued in a known order (trio does
+    ``queue.pending()`` counts it), so calls are queued in a known order (trio does
     not promise the order in which tasks started together first run).  Use
     it while nothing finishes meanwhile, e.g. behind a call blocking the only
     worker.
@@ -151,10 +151,10 @@ class Callers:
 
     async def submit(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Start the call and return once the queue counts it."""
-        expected = len(self.queue) + 1
+        expected = self.queue.pending() + 1
         self.start(name, fn, *args, **kwargs)
         await trio.testing.wait_all_tasks_blocked()
-        assert len(self.queue) == expected, f"the call {name!r} is not counted as queued"
+        assert self.queue.pending() == expected, f"the call {name!r} is not counted as queued"
 
     async def result(self, name: str) -> Any:
         """The call's result, or its exception raised."""
@@ -263,6 +263,22 @@ class TaskFailure(Exception):
     """A picklable exception raised by a task."""
 
 
+async def tally(name: str) -> int:
+    """Count a run of ``name``; return which run it is (1, 2, ...)."""
+    await trio.lowlevel.checkpoint()
+    SHARED.calls[name] += 1
+    SHARED.ran.append(name)
+    return SHARED.calls[name]
+
+
+async def fail_first(name: str) -> int:
+    """``tally``, but its first run raises ``TaskFailure``."""
+    run = await tally(name)
+    if run == 1:
+        raise TaskFailure(f"{name} run 1")
+    return run
+
+
 def raise_failure(text: str) -> None:
     raise TaskFailure(text)
 
@@ -353,24 +369,64 @@ async def test_every_worker_kind_runs_plain_functions_in_threads_and_async_ones_
     assert in_trio == threading.get_ident()  # this trio run (the cluster's worker shares it)
 
 
-async def test_a_queue_is_running_only_between_entering_and_shutdown_and_len_counts_calls() -> None:
+async def test_a_queue_is_running_only_between_entering_and_shutdown_and_pending_counts_calls() -> (
+    None
+):
     queue = trioq.TaskQueue(trioq.ThreadWorker())
-    assert not queue.is_running() and not queue and len(queue) == 0
+    assert not queue.is_running() and not queue and queue.pending() == 0
     async with queue as entered, trio.open_nursery() as nursery:
         assert entered is queue
-        assert queue.is_running() and queue and len(queue) == 0
+        assert queue.is_running() and queue and queue.pending() == 0
         callers = Callers(queue, nursery)
         with trio.fail_after(WAIT):
             await start_blocker(callers)
-            assert len(queue) == 1  # running
+            assert queue.pending() == 1  # running
             await callers.submit("queued", add, 1)
-            assert len(queue) == 2  # running and queued
+            assert queue.pending() == 2  # running and queued
             SHARED.event("blocker:go").set()
             assert await callers.result("queued") == 1
             assert await callers.result("blocker") == "blocker"
-            assert len(queue) == 0
+            assert queue.pending() == 0
         assert queue.is_running() and queue
     assert not queue.is_running() and not queue
+
+
+async def test_len_is_the_number_of_attached_workers_whatever_the_calls() -> None:
+    queue = trioq.TaskQueue(trioq.ThreadWorker(), trioq.ThreadWorker())
+    assert len(queue) == 0  # the constructor's workers are attached on entering
+    async with queue, trio.open_nursery() as nursery:
+        assert len(queue) == 2
+        callers = Callers(queue, nursery)
+        with trio.fail_after(WAIT):
+            await start_blocker(callers, "b1")
+            await start_blocker(callers, "b2")
+            await callers.submit("queued", add, 1)
+            assert len(queue) == 2 and queue.pending() == 3  # calls do not count in len
+            third = await queue.attach_worker(trioq.ThreadWorker())
+            assert len(queue) == 3
+            assert await callers.result("queued") == 1  # on the third worker
+            assert await queue.detach_worker(third) == []
+            assert len(queue) == 2
+            SHARED.event("b1:go").set()
+            SHARED.event("b2:go").set()
+    assert len(queue) == 0  # shutdown stopped every worker
+
+
+async def test_a_queue_is_true_only_while_running_with_at_least_one_worker() -> None:
+    queue = trioq.TaskQueue()
+    assert not queue
+    async with queue:
+        with trio.fail_after(WAIT):
+            assert queue.is_running() and not queue  # running, but nobody to run a call
+            worker_id = await queue.attach_worker(trioq.ThreadWorker())
+            assert queue
+            await queue.detach_worker(worker_id)
+            assert queue.is_running() and not queue
+            await queue.attach_worker(trioq.ThreadWorker())
+            assert queue
+            await queue.shutdown()
+            assert not queue  # stopped: its workers are gone too
+    assert not queue
 
 
 async def test_calling_a_queue_that_was_never_entered_is_a_runtime_error() -> None:
@@ -384,7 +440,7 @@ async def test_a_non_callable_fn_is_a_type_error_at_once() -> None:
         with trio.fail_after(WAIT):
             with pytest.raises(TypeError):
                 await queue.call(42)  # type: ignore[arg-type]
-        assert len(queue) == 0
+        assert queue.pending() == 0
 
 
 @pytest.mark.parametrize("niceness", [-21, 21, 1000])
@@ -393,7 +449,7 @@ async def test_a_niceness_outside_minus_20_to_20_is_a_value_error(niceness: int)
         with trio.fail_after(WAIT):
             with pytest.raises(ValueError, match="niceness"):
                 await queue.call(add, 1, niceness=niceness)
-            assert len(queue) == 0
+            assert queue.pending() == 0
             assert await queue.call(add, 1, niceness=-20) == 1  # the ends are fine
             assert await queue.call(add, 2, niceness=20) == 2
 
@@ -534,7 +590,7 @@ async def test_a_series_call_waits_while_its_worker_is_unqualified_and_runs_once
             await callers.submit("db", log, "db", series="db")
             assert await queue.call(log, "plain") == "plain"  # the worker is idle ...
             await trio.testing.wait_all_tasks_blocked()
-            assert SHARED.ran == ["plain"] and len(queue) == 1  # ... and does not take it
+            assert SHARED.ran == ["plain"] and queue.pending() == 1  # ... and does not take it
             queue.qualify_worker(worker, "db")  # by the worker object
             assert await callers.result("db") == "db"
     assert SHARED.ran == ["plain", "db"]
@@ -549,14 +605,14 @@ async def test_series_calls_run_only_on_workers_qualified_by_constructor_or_qual
         trio.open_nursery() as nursery,
     ):
         callers = Callers(queue, nursery)
-        plain_id, db_id = queue.workers()
+        plain_id, db_id = 1, 2  # the constructor's workers, in attach order
         assert queue.workers(plain_id) is plain_worker and queue.workers(db_id) is db_worker
         with trio.fail_after(WAIT):
             await start_blocker(callers, "db1", series="db")  # only db_worker may take it
             await callers.submit("db2", log, "db2", series="db")
             assert await queue.call(log, "plain") == "plain"  # plain_worker is idle ...
             await trio.testing.wait_all_tasks_blocked()
-            assert "db2" not in SHARED.ran and len(queue) == 2  # ... and does not take db2
+            assert "db2" not in SHARED.ran and queue.pending() == 2  # ... and does not take db2
             queue.qualify_worker(plain_id, "db")  # by id
             assert await callers.result("db2") == "db2"  # on plain_worker: db_worker is busy
             assert not callers.done["db1"].is_set()
@@ -673,7 +729,7 @@ async def test_closing_the_receiver_early_stops_the_generator_and_frees_the_work
             produced = SHARED.produced
             assert produced <= 3 + STREAM_AHEAD
             assert await queue.call(add, 1, 2) == 3  # the worker is free again
-            assert len(queue) == 0
+            assert queue.pending() == 0
     assert SHARED.produced == produced
 
 
@@ -706,7 +762,7 @@ async def test_a_call_timeout_raises_too_slow_and_cancels_the_async_fn_on_its_wo
             assert trio.current_time() - started >= 0.2
             await SHARED.event("slow:cancelled").wait()  # it saw Cancelled on its worker
             assert await queue.call(add, 1, 2) == 3  # and the worker takes the next call
-            assert len(queue) == 0
+            assert queue.pending() == 0
     assert SHARED.calls["slow"] == 1
 
 
@@ -717,7 +773,7 @@ async def test_a_call_timeout_counts_time_queued_and_withdraws_a_call_still_queu
             await start_blocker(callers)
             with pytest.raises(trio.TooSlowError):
                 await queue.call(log, "late", timeout=0.2)
-            assert len(queue) == 1  # only the blocker is left
+            assert queue.pending() == 1  # only the blocker is left
             SHARED.event("blocker:go").set()
             assert await callers.result("blocker") == "blocker"
             assert await queue.call(log, "after") == "after"
@@ -741,7 +797,7 @@ async def test_a_thread_call_given_up_keeps_its_worker_until_the_thread_returns(
             assert SHARED.ran == ["stuck:started"], "the worker took new work while busy"
             SHARED.gates["stuck"].set()
             assert await callers.result("next") == "next"
-            assert len(queue) == 0
+            assert queue.pending() == 0
     assert SHARED.ran == ["stuck:started", "stuck:finished", "next"]
     assert SHARED.calls == {"stuck": 1, "next": 1}
 
@@ -753,11 +809,11 @@ async def test_cancelling_the_caller_of_a_queued_call_withdraws_it_so_it_never_r
             await start_blocker(callers)
             await callers.submit("queued", log, "queued")
             await callers.cancel("queued")
-            assert len(queue) == 1
+            assert queue.pending() == 1
             SHARED.event("blocker:go").set()
             assert await callers.result("blocker") == "blocker"
             assert await queue.call(log, "after") == "after"
-            assert len(queue) == 0
+            assert queue.pending() == 0
     assert SHARED.ran == ["blocker", "after"]
 
 
@@ -774,7 +830,7 @@ async def test_cancelling_the_caller_of_a_running_call_cancels_it_on_its_worker_
             await SHARED.event("victim:cancelled").wait()
             assert await callers.result("next") == "next"  # the slot went to the next call
             assert await queue.call(add, 1, 2) == 3
-            assert len(queue) == 0
+            assert queue.pending() == 0
     assert SHARED.calls == {"victim": 1, "next": 1}
 
 
@@ -785,19 +841,33 @@ async def test_workers_are_numbered_from_1_in_attach_order_and_ids_are_not_reuse
     first, second, third = trioq.ThreadWorker(), trioq.ThreadWorker(), trioq.ThreadWorker()
     async with trioq.TaskQueue(first, second) as queue:
         with trio.fail_after(WAIT):
-            assert queue.workers() == [1, 2]
+            assert queue.workers(1) is first and queue.workers(2) is second
             assert await queue.attach_worker(third) == 3
-            assert queue.workers() == [1, 2, 3]
             assert [queue.workers(i) for i in (1, 2, 3)] == [first, second, third]
             assert queue.workers(99) is None
             assert await queue.detach_worker(2) == []
-            assert queue.workers() == [1, 3] and queue.workers(2) is None
+            assert queue.workers(2) is None and queue.workers(3) is third
             assert await queue.attach_worker(trioq.ThreadWorker()) == 4
             with pytest.raises(KeyError):
                 await queue.detach_worker(2)
             with pytest.raises(KeyError):
                 await queue.detach_worker(99)
             assert await queue.call(add, 1) == 1
+
+
+async def test_workers_without_an_id_lists_the_attached_worker_objects_in_attach_order() -> None:
+    first, second, third = trioq.ThreadWorker(), trioq.ThreadWorker(), trioq.ThreadWorker()
+    queue = trioq.TaskQueue(first, second)
+    assert queue.workers() == []  # none attached before entering
+    async with queue:
+        with trio.fail_after(WAIT):
+            assert queue.workers() == [first, second]
+            third_id = await queue.attach_worker(third)
+            assert queue.workers() == [first, second, third]
+            assert await queue.detach_worker(2) == []
+            assert queue.workers() == [first, third]
+            assert queue.workers(third_id) is third
+    assert queue.workers() == []
 
 
 async def test_detaching_without_crash_waits_for_the_running_call_and_takes_no_new_one(
@@ -824,7 +894,7 @@ async def test_detaching_without_crash_waits_for_the_running_call_and_takes_no_n
             assert returned == [[]]
             assert queue.workers() == []
             await trio.testing.wait_all_tasks_blocked()
-            assert "waiting" not in SHARED.ran and len(queue) == 1
+            assert "waiting" not in SHARED.ran and queue.pending() == 1
             assert await queue.attach_worker(kind.new()) == 2
             assert await callers.result("waiting") == "waiting"
     assert SHARED.ran == ["running", "waiting"]
@@ -849,7 +919,7 @@ async def test_detaching_with_crash_returns_the_unfinished_calls_and_their_calle
                 ]
                 with pytest.raises(trioq.WorkerLostError):
                     await callers.result("victim")
-                assert queue.workers() == [] and len(queue) == 0
+                assert queue.workers() == [] and queue.pending() == 0
                 if kind.name == "remote":
                     await SHARED.event("victim:cancelled").wait()
                 await queue.attach_worker(trioq.ThreadWorker())
@@ -870,7 +940,7 @@ async def test_detaching_with_crash_and_reassign_reruns_the_calls_elsewhere_in_t
             await SHARED.event("X:started").wait()
             await callers.submit("Y", log, "Y")  # queued after X
             assert await queue.detach_worker(1, reassign=True, crash=True) == []
-            assert len(queue) == 2 and not callers.done["X"].is_set()
+            assert queue.pending() == 2 and not callers.done["X"].is_set()
             assert await queue.attach_worker(trioq.ThreadWorker()) == 2
             assert await callers.result("X") == "X run 2"
             assert await callers.result("Y") == "Y"
@@ -898,6 +968,85 @@ async def test_an_update_runs_on_every_attached_worker_and_first_on_workers_atta
             SHARED.event("blocker:go").set()
             assert await callers.result("blocker") == "blocker"
     assert SHARED.ran == ["u1", "u2", "blocker", "u1", "u2", "call"]
+
+
+async def start_update(
+    queue: trioq.TaskQueue, nursery: trio.Nursery, fn: Callable[..., Any], *args: Any
+) -> tuple[list[Any], trio.Event]:
+    """Start ``queue.update(fn, *args)`` in the background: its return value, and its end."""
+    returned: list[Any] = []
+    updated = trio.Event()
+
+    async def update() -> None:
+        returned.append(await queue.update(fn, *args))
+        updated.set()
+
+    nursery.start_soon(update)
+    await trio.testing.wait_all_tasks_blocked()
+    return returned, updated
+
+
+async def test_an_update_returns_each_workers_result_in_attach_order_not_finishing_order() -> None:
+    async with trioq.TaskQueue(trioq.ThreadWorker()) as queue, trio.open_nursery() as nursery:
+        callers = Callers(queue, nursery)
+        with trio.fail_after(WAIT):
+            await start_blocker(callers)  # worker 1 is busy: its run of the update waits
+            await queue.attach_worker(trioq.ThreadWorker())
+            returned, updated = await start_update(queue, nursery, tally, "u")
+            assert SHARED.calls["u"] == 1 and not updated.is_set()  # worker 2 ran it first
+            SHARED.event("blocker:go").set()
+            await updated.wait()
+    assert returned == [[2, 1]]  # worker 1's run came second
+
+
+async def test_an_update_leaves_out_a_worker_that_left_before_its_run_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with trioq.TaskQueue(trioq.ThreadWorker()) as queue, trio.open_nursery() as nursery:
+        callers = Callers(queue, nursery)
+        with trio.fail_after(WAIT):
+            await start_blocker(callers)  # worker 1 is busy: its run of the update waits
+            await queue.attach_worker(trioq.ThreadWorker())
+            returned, updated = await start_update(queue, nursery, tally, "u")
+            assert SHARED.calls["u"] == 1 and not updated.is_set()
+            await queue.detach_worker(1, crash=True)  # its run never starts
+            await updated.wait()
+            with pytest.raises(trioq.WorkerLostError):
+                await callers.result("blocker")
+    assert returned == [[1]]  # worker 2's run only
+    assert any("update" in r.getMessage() for r in records(caplog, logging.WARNING))
+
+
+async def test_without_return_failure_an_update_gives_none_for_each_worker_it_failed_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        trioq.TaskQueue(trioq.ThreadWorker(), return_failure=False) as queue,
+        trio.open_nursery() as nursery,
+    ):
+        callers = Callers(queue, nursery)
+        with trio.fail_after(WAIT):
+            await start_blocker(callers)  # worker 1 is busy: its run of the update waits
+            await queue.attach_worker(trioq.ThreadWorker())
+            returned, updated = await start_update(queue, nursery, fail_first, "u")
+            SHARED.event("blocker:go").set()  # worker 2's run (the first) has failed
+            await updated.wait()
+    assert returned == [[2, None]]
+    (record,) = records(caplog, logging.ERROR)
+    assert "TaskFailure: u run 1" in formatted(record)
+
+
+@sync_and_async
+async def test_an_update_that_returns_a_generator_gives_none_and_its_generator_is_stopped(
+    flavour: str,
+) -> None:
+    fn = generator(flavour, count_forever, async_count_forever)
+    async with trioq.TaskQueue(trioq.ThreadWorker()) as queue:
+        with trio.fail_after(WAIT):
+            assert await queue.update(fn, "u") == [None]
+            assert await queue.call(add, 1) == 1  # the worker is free: the generator ended
+            assert SHARED.gates["u:closed"].is_set()
+            assert queue.pending() == 0
 
 
 async def test_an_update_waits_for_a_busy_workers_slot_then_runs_ahead_of_queued_calls() -> None:
@@ -945,7 +1094,7 @@ async def test_an_update_still_queued_for_a_worker_that_is_detached_ends_without
                     await callers.result("blocker")
             else:
                 assert await callers.result("blocker") == "blocker"
-            assert len(queue) == 0
+            assert queue.pending() == 0
     assert SHARED.ran == ["blocker"]
     assert any("update" in r.getMessage() for r in records(caplog, logging.WARNING))
 
@@ -1128,7 +1277,7 @@ async def test_verbose_logs_info_lines_for_attach_update_detach_and_shutdown(
         return len(records(caplog, logging.INFO))
 
     async with trioq.TaskQueue(trioq.ThreadWorker(), verbose=True) as queue:
-        assert taskqueue_logger.level == logging.INFO
+        assert taskqueue_logger.level == logging.NOTSET  # the flag does not change the logger
         with trio.fail_after(WAIT):
             seen = infos()
             assert seen >= 1, "no INFO line for attaching the first worker"
@@ -1150,13 +1299,30 @@ async def test_spew_logs_debug_lines_for_every_call_dispatched_and_finished(
     caplog: pytest.LogCaptureFixture, taskqueue_logger: logging.Logger
 ) -> None:
     async with trioq.TaskQueue(trioq.ThreadWorker(), spew=True) as queue:
-        assert taskqueue_logger.level == logging.DEBUG
+        assert taskqueue_logger.level == logging.NOTSET  # the flag does not change the logger
         with trio.fail_after(WAIT):
             for i in range(3):
                 seen = len(records(caplog, logging.DEBUG))
                 assert await queue.call(add, i) == i
                 await trio.testing.wait_all_tasks_blocked()
                 assert len(records(caplog, logging.DEBUG)) >= seen + 2
+
+
+async def test_each_queue_logs_by_its_own_flags_whatever_queues_were_made_before(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        trioq.TaskQueue(trioq.ThreadWorker(), warn=True) as warned,
+        trioq.TaskQueue(trioq.ThreadWorker(), spew=True) as spewed,
+    ):
+        with trio.fail_after(WAIT):
+            assert await spewed.call(add, 1) == 1
+            assert await warned.call(sorted, [2, 1]) == [1, 2]
+            await trio.testing.wait_all_tasks_blocked()  # the runners have logged their ends
+    debug = [r.getMessage() for r in records(caplog, logging.DEBUG)]
+    assert any("(add) -> worker" in line for line in debug), debug  # spew: dispatched ...
+    assert any("(add) ended" in line for line in debug), debug  # ... and finished
+    assert not any("sorted" in line for line in debug), debug  # warn is not spew
 
 
 async def test_a_quiet_queue_logs_nothing_below_warning(caplog: pytest.LogCaptureFixture) -> None:

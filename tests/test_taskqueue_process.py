@@ -223,6 +223,16 @@ def make_too_big() -> Callable[[str, int], Any]:
     return too_big
 
 
+def make_hold_memory() -> Callable[[int], None]:
+    def hold_memory(mib: int) -> None:
+        """Keep ``mib`` MiB of written (so resident) bytes alive in this process."""
+        import sys
+
+        sys.__dict__.setdefault("_held_by_test", []).append(b"x" * (mib << 20))
+
+    return hold_memory
+
+
 PID = make_pid()
 ASYNC_PID = make_async_pid()
 DIVIDE = make_divide()
@@ -234,6 +244,7 @@ STUCK = make_stuck()
 STUCK_ON_FIRST_RUN = make_stuck_on_first_run()
 KILL_MY_PROCESS = make_kill_my_process()
 TOO_BIG_FN = make_too_big()
+HOLD_MEMORY = make_hold_memory()
 
 
 async def marker_pid(path: Path) -> int:
@@ -311,7 +322,7 @@ async def test_closing_the_receiver_early_stops_the_generator_in_the_child(
                 assert [await receiver.receive() for _ in range(3)] == [0, 1, 2]
             await procs.poll_until(closed.exists)  # its ``finally`` ran in the child
             assert await queue.call(PID) == pid  # the same child takes the next call
-            assert len(queue) == 0
+            assert queue.pending() == 0
 
 
 @pytest.mark.parametrize("what", ["result", "error", "item"])
@@ -347,7 +358,22 @@ async def test_a_process_call_over_the_frame_limit_fails_at_once_and_the_worker_
                 await queue.call(len, b"x" * FRAME_LIMIT)
             assert worker._inboxes == {}  # no inbox left for a request never sent
             assert await queue.call(PID) == pid
-            assert len(queue) == 0
+            assert queue.pending() == 0
+
+
+async def test_mem_usage_is_the_childs_resident_memory_in_kib_and_0_while_no_child_runs() -> None:
+    worker = trioq.ProcessWorker()
+    assert worker.mem_usage() == 0  # not attached: no child yet
+    async with trioq.TaskQueue(worker) as queue:
+        with trio.fail_after(WAIT):
+            await queue.call(PID)  # the child is up and has run a call
+            before = worker.mem_usage()
+            assert 1024 < before < 2 * 1024 * 1024, f"{before} KiB"  # 1 MiB .. 2 GiB
+            await queue.call(HOLD_MEMORY, 64)
+            grown = worker.mem_usage() - before
+            assert grown >= 48 * 1024, f"the child holds 64 MiB more, grew by {grown} KiB"
+            assert await queue.detach_worker(1) == []
+    assert worker.mem_usage() == 0  # its child has exited
 
 
 # -- timeouts, crashes, shutdown --------------------------------------------------------------
@@ -364,7 +390,7 @@ async def test_a_process_call_timeout_cancels_the_async_fn_in_the_child_and_the_
             assert await marker_pid(tmp_path / "started") == pid
             await procs.poll_until((tmp_path / "cancelled").exists)
             assert await queue.call(PID) == pid
-            assert len(queue) == 0
+            assert queue.pending() == 0
 
 
 async def test_detaching_a_process_worker_with_crash_kills_its_child_and_loses_its_call(
@@ -383,7 +409,7 @@ async def test_detaching_a_process_worker_with_crash_kills_its_child_and_loses_i
             with pytest.raises(trioq.WorkerLostError):
                 await callers.result("stuck")
             await procs.poll_until(lambda: not running(pid))
-            assert queue.workers() == [] and len(queue) == 0
+            assert queue.workers() == [] and queue.pending() == 0
 
 
 async def test_a_call_whose_child_is_killed_runs_again_on_another_worker(tmp_path: Path) -> None:
@@ -399,8 +425,7 @@ async def test_a_call_whose_child_is_killed_runs_again_on_another_worker(tmp_pat
                 os.kill(killed, signal.SIGKILL)
                 run, pid = await callers.result("victim")
             assert (run, pid) == (1, survivor.pid)
-            (left,) = queue.workers()  # the dead worker was detached
-            assert queue.workers(left) is survivor
+            assert queue.workers() == [survivor]  # the dead worker was detached
             await procs.poll_until(lambda: not running(killed))
             await trio.testing.wait_all_tasks_blocked()
             # Nothing waits for the dead child to report the stopped call.

@@ -71,10 +71,10 @@ def refuse(why: str) -> None:
 
 async def queued(tq: trioq.TaskQueue, nursery: trio.Nursery, fn, *args, **options) -> None:
     """Start ``tq.call`` in the background and return once it is queued."""
-    expected = len(tq) + 1
+    expected = tq.pending() + 1
     nursery.start_soon(lambda: tq.call(fn, *args, **options))
     await trio.testing.wait_all_tasks_blocked()
-    assert len(tq) == expected  # calls queued or running
+    assert tq.pending() == expected  # calls queued or running
 
 
 async def three_kinds_of_worker(address: str) -> None:
@@ -82,7 +82,7 @@ async def three_kinds_of_worker(address: str) -> None:
     child = trioq.ProcessWorker(series=["child"])  # also runs calls without a series
     remote = trioq.RemoteWorker(address, slots=2)  # two tasks at once on the cluster
     async with trioq.TaskQueue(thread, child, remote) as tq:
-        assert tq.workers() == [1, 2, 3] and tq.workers(2) is child
+        assert tq.workers() == [thread, child, remote] and tq.workers(2) is child
 
         # update: run now on every worker, and first on any worker attached later.
         await tq.update(configure, "hello")
@@ -147,10 +147,10 @@ async def order_and_series() -> None:
         # "b", queued after all of "a", interleaves with it instead of waiting.
         expected = ["nice -10", "a0", "b0", "a1", "b1", "a2", "a3", "nice 5"]
         assert ran == expected, ran
-        assert len(tq) == 1  # "db" still waits for a worker qualified for it
+        assert tq.pending() == 1  # "db" still waits for a worker qualified for it
         tq.qualify_worker(worker, "db")  # by the worker object, or by its id
         await trio.testing.wait_all_tasks_blocked()
-        assert ran[-1] == "db" and len(tq) == 0
+        assert ran[-1] == "db" and tq.pending() == 0
 
 
 async def detaching() -> None:

@@ -1,6 +1,6 @@
 """AsynQueue's ``TaskQueue``: a priority queue of calls over attachable workers.
 
-``taskqueue`` is the queue itself, ``records`` its bookkeeping, ``workers``
-the thread and process workers, ``remote`` the cluster worker, ``child`` a
-process worker's child.
+``taskqueue`` is the queue itself, ``records`` its bookkeeping, ``logs`` its
+per-queue logging, ``workers`` the thread and process workers, ``remote`` the
+cluster worker, ``child`` a process worker's child.
 """

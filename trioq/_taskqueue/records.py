@@ -2,9 +2,10 @@
 
 Rules: these are plain records and arithmetic, no I/O.  ``FairTags`` turns
 a call's niceness and series into the core scheduler's integer priority;
-``_Call`` follows one call from submission to its answer; ``_Handle`` is
-one attached worker, the calls its runners hold, and how it stops.  ``TaskQueue`` (in
-``_taskqueue``) drives them.
+``_Call`` follows one call from submission to its answer; ``fold_update``
+turns an update's answered runs into what ``update`` returns; ``_Handle`` is
+one attached worker, the calls its runners hold, and how it stops.
+``TaskQueue`` (in ``taskqueue``) drives them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._exceptions import WorkerLostError
+
 if TYPE_CHECKING:
     from .workers import _Sink, _Worker
 
-__all__ = ["FairTags", "TaskInfo", "describe"]
+__all__ = ["FairTags", "TaskInfo", "describe", "fold_update"]
 
 _PINNED = object()  # with a worker id: the private series of that worker's updates
 
@@ -97,6 +100,33 @@ class _Call:
         self.attempt += 1
         if self.scope is not None:
             self.scope.cancel()
+
+
+def fold_update(
+    calls: list[_Call],
+) -> tuple[list[Any], list[BaseException], list[BaseException]]:
+    """An update's answered runs, in attach order, as ``(results, failures, skipped)``.
+
+    Each run that ended on its worker has an entry in ``results``: its value,
+    or None if it failed (its exception is then in ``failures``, in order).
+    A run whose worker left first (``WorkerLostError``) has no entry, its
+    error is in ``skipped``.  Raises the queue's own error (the queue shut
+    down before the run ended).  O(len(calls)).
+    """
+    results: list[Any] = []
+    failures: list[BaseException] = []
+    skipped: list[BaseException] = []
+    for call in calls:
+        if isinstance(call.error, WorkerLostError):
+            skipped.append(call.error)
+        elif call.queue_error:
+            assert call.error is not None
+            raise call.error
+        else:
+            results.append(call.value)
+            if call.error is not None:
+                failures.append(call.error)
+    return results, failures, skipped
 
 
 @dataclass(eq=False)

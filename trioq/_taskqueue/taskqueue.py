@@ -28,16 +28,16 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
-import logging
 import math
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import trio
 
 from .._exceptions import TaskCancelledError, WorkerLostError, collapse_single_groups
 from .._impl import core
-from .records import FairTags, TaskInfo, _Call, _Handle, describe
+from .logs import QueueLog, log
+from .records import FairTags, TaskInfo, _Call, _Handle, describe, fold_update
 from .remote import RemoteWorker
 from .workers import (
     CallStream,
@@ -49,8 +49,6 @@ from .workers import (
 )
 
 __all__ = ["TaskQueue", "TaskInfo", "MAX_DEATHS"]
-
-log = logging.getLogger("trioq.taskqueue")
 
 # A call whose worker died under it goes back to the queue; once MAX_DEATHS
 # workers died running it, it fails (as a cluster task does: see _tasks).
@@ -73,10 +71,14 @@ class TaskQueue:
     Use it as ``async with TaskQueue(*workers) as tq:``; ``await tq.call(fn,
     *args)`` runs ``fn`` on a worker and returns its result.  ``timeout`` is
     ``shutdown``'s default grace period.  ``warn``/``verbose``/``spew`` log
-    failures (WARNING), attach/detach/update/shutdown (INFO) and every call
-    (DEBUG) on the logger ``"trioq.taskqueue"``, setting its level if it has
-    none.  With ``return_failure`` False a failed call is logged (ERROR) and
-    returns None instead of raising.
+    this queue's failures (WARNING), attach/detach/update/shutdown (INFO) and
+    every call (DEBUG) on the logger ``"trioq.taskqueue"``, whatever other
+    queues' flags are: no queue changes the logger's level, and a level you
+    set on it still applies.  With ``return_failure`` False a failed call is
+    logged (ERROR) and returns None instead of raising.
+    ``len(tq)`` is the number of attached workers, ``tq.pending()`` the number
+    of calls not yet finished, and ``bool(tq)`` is True while it is running
+    with at least one worker.
     """
 
     def __init__(
@@ -90,10 +92,8 @@ class TaskQueue:
     ) -> None:
         self._initial = workers
         self._timeout = timeout
-        self._warn, self._verbose, self._spew = warn, verbose, spew
+        self._log = QueueLog(warn=warn, verbose=verbose, spew=spew)
         self._return_failure = return_failure
-        if log.level == logging.NOTSET and (warn or verbose or spew):
-            log.setLevel(logging.DEBUG if spew else logging.INFO if verbose else logging.WARNING)
         self._sched = core.PriorityScheduler()
         self._state = _NEW
         self._calls: dict[int, _Call] = {}
@@ -159,15 +159,21 @@ class TaskQueue:
         return self._state == _RUNNING
 
     def __bool__(self) -> bool:
-        return self.is_running()
+        """True while running with at least one attached worker (a call could start)."""
+        return self.is_running() and bool(self._workers)
 
     def __len__(self) -> int:
-        """Calls queued or running, updates included (a stream counts until its generator ends)."""
+        """The number of attached workers (AsynQueue's ``len``); see ``pending`` for calls."""
+        return len(self._workers)
+
+    def pending(self) -> int:
+        """Calls not finished yet, queued or running: each worker's run of an update
+        counts, a streamed call counts until its generator ends."""
         return len(self._calls)
 
     def __repr__(self) -> str:
         state = ("new", "running", "closing", "closed")[self._state]
-        return f"<trioq.TaskQueue {state} workers={list(self._workers)} calls={len(self)}>"
+        return f"<trioq.TaskQueue {state} workers={list(self._workers)} calls={self.pending()}>"
 
     async def shutdown(
         self,
@@ -191,8 +197,7 @@ class TaskQueue:
             return
         self._state = _CLOSING
         grace = self._timeout if isinstance(timeout, _Default) else timeout
-        if self._verbose:
-            log.info("shutting down: %d calls, %d workers", len(self._calls), len(self._workers))
+        self._log.info("shutting down: %d calls, %d workers", len(self._calls), len(self._workers))
         try:
             if self._calls:
                 self._drained = trio.Event()
@@ -203,8 +208,7 @@ class TaskQueue:
                 await self._abort_all()
                 await self._joined.wait()
                 self._state = _CLOSED
-        if self._verbose:
-            log.info("shut down")
+        self._log.info("shut down")
 
     async def _abort_all(self) -> None:
         """Cancel every call, crash every worker (remote ones cancel their tasks), then
@@ -236,12 +240,14 @@ class TaskQueue:
     async def attach_worker(self, worker: AnyWorker) -> int:
         """Start ``worker``, run the remembered updates on it, then give it calls.
 
-        Returns its id (1, 2, 3, ... in attach order).  Raises ``TypeError``
-        for a non-worker, ``ValueError`` if it is attached already,
-        ``RuntimeError`` before ``__aenter__``, ``trio.ClosedResourceError``
-        after ``shutdown``, ``WorkerLostError`` if it died during its
-        updates, or what starting it or an update raised.  If it fails or is
-        cancelled, the worker is stopped and not attached.
+        Returns its id (1, 2, 3, ... in attach order, never reused), which
+        ``workers(id)``, ``detach_worker`` and ``qualify_worker`` take.
+        Raises ``TypeError`` for a non-worker, ``ValueError`` if it is
+        attached already, ``RuntimeError`` before ``__aenter__``,
+        ``trio.ClosedResourceError`` after ``shutdown``, ``WorkerLostError``
+        if it died during its updates, or what starting it or an update
+        raised.  If it fails or is cancelled, the worker is stopped and not
+        attached.
         """
         if not isinstance(worker, _Worker):
             raise TypeError(
@@ -274,8 +280,7 @@ class TaskQueue:
         self._workers[handle.id] = handle
         self._sched.add_worker(handle.id, worker.slots, {*worker.series, handle.pin})
         self._sched.request_work(handle.id, worker.slots)
-        if self._verbose:
-            log.info("attached worker %d: %r", handle.id, worker)
+        self._log.info("attached worker %d: %r", handle.id, worker)
         self._dispatch()
         return handle.id
 
@@ -299,8 +304,7 @@ class TaskQueue:
             raise KeyError(f"no attached worker has id {worker_id!r}")
         assert self._nursery is not None
         handle.detached = True
-        if self._verbose:
-            log.info("detaching worker %d (reassign=%s, crash=%s)", worker_id, reassign, crash)
+        self._log.info("detaching worker %d (reassign=%s, crash=%s)", worker_id, reassign, crash)
         self._drop_pinned(handle, running=crash)
         if not crash:
             self._sched.remove_worker(worker_id, requeue=False)  # its calls go on, outside
@@ -335,15 +339,18 @@ class TaskQueue:
         raise KeyError(f"no attached worker is {worker_or_id!r}")
 
     @overload
-    def workers(self, id: None = None) -> list[int]: ...
+    def workers(self, id: None = None) -> list[AnyWorker]: ...
     @overload
     def workers(self, id: int) -> AnyWorker | None: ...
-    def workers(self, id: int | None = None) -> list[int] | AnyWorker | None:
-        """Without ``id``: the attached workers' ids, in attach order; else that worker or None."""
+    def workers(self, id: int | None = None) -> list[AnyWorker] | AnyWorker | None:
+        """Without ``id``: the attached worker objects, in attach order; else that worker or None.
+
+        Ids are what ``attach_worker`` returned (1, 2, 3, ... in attach order).
+        """
         if id is None:
-            return list(self._workers)
+            return [cast(AnyWorker, handle.worker) for handle in self._workers.values()]
         handle = self._workers.get(id)
-        return None if handle is None else handle.worker  # type: ignore[return-value]
+        return None if handle is None else cast(AnyWorker, handle.worker)
 
     def _worker_died(self, handle: _Handle) -> None:
         """A worker went away by itself: requeue its calls (up to a limit), detach it."""
@@ -423,33 +430,36 @@ class TaskQueue:
         if call.error is None:
             return call.value
         if call.queue_error or self._return_failure:
-            if self._warn and not call.queue_error:
-                log.warning("call %s failed", describe(fn), exc_info=call.error)
+            if not call.queue_error:
+                self._log.warn("call %s failed", describe(fn), exc_info=call.error)
             raise call.error
         log.error("call %s failed", describe(fn), exc_info=call.error)
         return None
 
-    async def update(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    async def update(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``fn(*args, **kwargs)`` once on every attached worker, and remember it.
 
-        On each worker it waits for a free slot, as a call does (no worker is
-        oversubscribed), but goes ahead of every queued call.  Every worker
-        attached later runs the remembered updates, in order, before its first
-        call (a ``RemoteWorker`` runs it once, as one task).  A worker that is
-        detached or dies before its run ends is skipped (logged).  Raises
-        ``TypeError`` for a non-callable, ``RuntimeError`` before
-        ``__aenter__``, ``trio.ClosedResourceError`` after ``shutdown``,
-        ``TaskCancelledError`` if the queue shut down before the runs ended,
-        and the first exception ``fn`` raised (unless ``return_failure`` is
-        False: logged).  If cancelled, the runs are withdrawn or cancelled on
-        their workers; it stays remembered.
+        Returns the results of the workers attached when it was called, in
+        attach order (a generator's items are not read: it is stopped, its
+        entry is None).  On each worker it waits for a free slot, as a call
+        does (no worker is oversubscribed), but goes ahead of every queued
+        call.  Every worker attached later runs the remembered updates, in
+        order, before its first call (a ``RemoteWorker`` runs it once, as one
+        task).  A worker that is detached or dies before its run ends is
+        skipped (logged at WARNING) and has no entry: it is gone, and a None
+        would look like a result.  Raises ``TypeError`` for a non-callable,
+        ``RuntimeError`` before ``__aenter__``, ``trio.ClosedResourceError``
+        after ``shutdown``, ``TaskCancelledError`` if the queue shut down
+        before the runs ended, and the first exception ``fn`` raised (unless
+        ``return_failure`` is False: each failure is logged and its entry is
+        None).  If cancelled, the runs are withdrawn or cancelled on their
+        workers; it stays remembered.
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         self._check_open()
         self._updates.append((fn, args, kwargs))
-        if self._verbose:
-            log.info("update %s on %d workers", describe(fn), len(self._workers))
+        self._log.info("update %s on %d workers", describe(fn), len(self._workers))
         info = TaskInfo(fn, args, kwargs, -20, None)
         calls = [self._submit(info, pinned=handle) for handle in self._workers.values()]
         self._dispatch()
@@ -461,22 +471,14 @@ class TaskQueue:
             for call in calls:
                 self._withdraw(call)
             raise
-        errors = []
-        for call in calls:
-            if isinstance(call.value, CallStream):
-                call.value.close()  # nobody reads an update's items
-            if isinstance(call.error, WorkerLostError):
-                log.warning("update %s did not run to its end: %s", describe(fn), call.error)
-            elif call.queue_error:
-                assert call.error is not None
-                raise call.error  # the queue shut down
-            elif call.error is not None:
-                errors.append(call.error)
-        if errors:
-            if self._return_failure:
-                raise errors[0]
-            for error in errors:
-                log.error("update %s failed", describe(fn), exc_info=error)
+        results, failures, skipped = fold_update(calls)
+        for error in skipped:
+            log.warning("update %s did not run to its end: %s", describe(fn), error)
+        if failures and self._return_failure:
+            raise failures[0]
+        for error in failures:
+            log.error("update %s failed", describe(fn), exc_info=error)
+        return results
 
     def _submit(self, info: TaskInfo, pinned: _Handle | None = None) -> _Call:
         """Queue a call in the core (an update if ``pinned``); ``_dispatch`` starts it."""
@@ -504,8 +506,9 @@ class TaskQueue:
             call.attempt += 1
             call.scope = trio.CancelScope()
             handle.running.add(call)
-            if self._spew:
-                log.debug("call %d (%s) -> worker %d", call.key, describe(call.info.fn), handle.id)
+            self._log.debug(
+                "call %d (%s) -> worker %d", call.key, describe(call.info.fn), handle.id
+            )
             assert self._nursery is not None
             self._nursery.start_soon(self._run_call, call, handle, call.attempt, call.scope)
 
@@ -546,8 +549,7 @@ class TaskQueue:
                 if not call.settled:  # only if cancelled from outside: the queue is stopping
                     call.settle(error=TaskCancelledError("the call was cancelled"), queue=True)
                 self._forget(call)
-        if self._spew:
-            log.debug("call %d (%s) ended on worker %d", call.key, describe(info.fn), handle.id)
+        self._log.debug("call %d (%s) ended on worker %d", call.key, describe(info.fn), handle.id)
         if not handle.detached:
             await handle.worker._ready()
             if not handle.detached:
@@ -557,14 +559,16 @@ class TaskQueue:
     def _stream_opened(self, call: _Call, attempt: int, stream: CallStream) -> bool:
         if call.attempt != attempt or call.settled:
             return False  # nobody will read it: the generator stops
+        if call.pinned is not None:
+            call.settle(value=None)  # an update: nobody reads its items either
+            return False
         call.settle(value=stream)
         return True
 
     def _stream_failed(self, error: BaseException) -> bool:
         """A generator raised: raise it from the stream, or log it (``return_failure``)."""
         if self._return_failure:
-            if self._warn:
-                log.warning("streamed call failed", exc_info=error)
+            self._log.warn("streamed call failed", exc_info=error)
             return True
         log.error("streamed call failed", exc_info=error)
         return False
@@ -592,7 +596,7 @@ class TaskQueue:
         self._forget(call)
 
     def _forget(self, call: _Call) -> None:
-        """``call`` is over: out of the core (its slot freed) and out of ``len``."""
+        """``call`` is over: out of the core (its slot freed) and out of ``pending``."""
         if self._calls.pop(call.key, None) is None:
             return
         if call.pinned is not None:

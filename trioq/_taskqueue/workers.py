@@ -273,16 +273,17 @@ class ProcessWorker(_Worker):
     The child (``python -m trioq._taskqueue.child``) gets calls and sends
     back outcomes as frames on private pipes; its stderr is ours.  It
     inherits this process's ``sys.path``, so functions pickled by reference
-    import there too.  ``pid`` is the child's process id while attached.
-    Raises ``TypeError`` for a ``series`` given as one string instead of an
-    iterable of names; attaching it raises ``OSError`` if the child cannot
-    be started.
+    import there too.  ``pid`` is the child's process id while attached;
+    ``mem_usage()`` its resident memory.  Raises ``TypeError`` for a
+    ``series`` given as one string instead of an iterable of names;
+    attaching it raises ``OSError`` if the child cannot be started.
     """
 
     def __init__(self, *, series: Iterable[str] = ()) -> None:
         super().__init__(series=series)
         #: The child's process id (None until attached).
         self.pid: int | None = None
+        self._process: trio.Process | None = None  # while the child is ours (until reaped)
         self._scope = trio.CancelScope()
         self._done: trio.Event | None = None
 
@@ -318,7 +319,7 @@ class ProcessWorker(_Worker):
                     env=env,
                 )
                 try:
-                    self.pid = process.pid
+                    self.pid, self._process = process.pid, process
                     assert process.stdin is not None and process.stdout is not None
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._write, process.stdin)
@@ -339,7 +340,31 @@ class ProcessWorker(_Worker):
                             if pipe is not None:
                                 await trio.aclose_forcefully(pipe)
         finally:
+            self._process = None
             self._done.set()
+
+    def mem_usage(self) -> int:
+        """The child's resident memory in KiB (``VmRSS`` in ``/proc/<pid>/status``).
+
+        AsynQueue's ``memUsage``.  0 while no child runs: before the worker is
+        attached, once its child has exited or been killed (also a child
+        exiting right now).  Raises ``NotImplementedError`` where there is no
+        ``/proc`` (not Linux).  A read of procfs, which never blocks: it is
+        not a checkpoint.
+        """
+        if not sys.platform.startswith("linux"):
+            raise NotImplementedError("mem_usage reads /proc/<pid>/status: Linux only")
+        process = self._process
+        if process is None or process.returncode is not None:  # reaped: the pid is not ours
+            return 0
+        try:
+            with open(f"/proc/{process.pid}/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):  # "VmRSS:     12345 kB"
+                        return int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # it exited just now
+        return 0  # a child that has exited but is not reaped yet has no VmRSS
 
     def _send(self, op: Op, request_id: int, payload: bytes = b"") -> None:
         if not self._dead:
