@@ -111,8 +111,8 @@ async def test_connect_without_any_token_raises_value_error_naming_the_variable(
     cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TRIOQ_TOKEN", raising=False)
-    host, port = parse_address(cluster.address)
-    unregistered = f"{host}:{port}"  # same scheduler, an address no cluster registered
+    _, port = parse_address(cluster.address)
+    unregistered = f"tcp://localhost:{port}"  # same scheduler, a name no cluster registered
     with trio.fail_after(TIMEOUT):
         with pytest.raises(ValueError, match="TRIOQ_TOKEN"):
             async with trioq.connect(unregistered):
