@@ -283,7 +283,7 @@ class Queue:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 # Closed meanwhile?  An item taken now could not be acknowledged:
                 # the scheduler would give it to another consumer as well.
-                usable = _usable(session)
+                usable = session.usable()
             if link.buffer and usable:
                 lease, data = link.buffer.popleft()
                 session.outbox.ack_one(lease)
@@ -384,7 +384,7 @@ class Queue:
                 # the closing held for this moment, in one return (so in order).
                 leases = link.returns_after_top_up + [lease for lease, _ in leased]
                 link.returns_after_top_up = []
-                if leases and _usable(session):
+                if leases and session.usable():
                     session.send_oneway(QueueReturn(leases))
                 return
             link.buffer.extend(leased)
@@ -559,7 +559,7 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
             self._closed = True
             link = self._queue._link
             link.receivers -= 1
-            if not link.receivers and link.buffer and _usable(self._queue._session):
+            if not link.receivers and link.buffer and self._queue._session.usable():
                 # The last local receiver is gone: give prefetched items back now,
                 # so the stream's other receivers get them (and its end).
                 leases = [lease for lease, _ in link.buffer]
@@ -575,11 +575,6 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
             _close_endpoint(self._queue, "receive")
 
 
-def _usable(session: Session) -> bool:
-    # The connection may break (its reader cancelled) before the client notes it.
-    return not session.closed and session.broken is None and not session.connection.is_broken
-
-
 def _close_endpoint(queue: Queue, kind: str) -> None:
-    if _usable(queue._session):  # else the scheduler counts them closed with the client
+    if queue._session.usable():  # else the scheduler counts them closed with the client
         queue._session.send_oneway(EndpointClose(queue.name, kind))
