@@ -36,7 +36,6 @@ Rules (the cancellation contract of the product design):
 from __future__ import annotations
 
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -55,68 +54,16 @@ from .._wire.messages import (
     QueueInfo,
     QueueOpen,
     QueuePut,
-    QueueReturn,
     QueueSize,
     decode_reply,
 )
+from .queue_link import QueueLink, Waiter
 from .session import SCHEDULE_EVERY
 
 if TYPE_CHECKING:
     from .session import Pending, Session
 
 __all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel", "SCHEDULE_EVERY"]
-
-
-class _Link:
-    """What one client knows about one queue; shared by all its handles."""
-
-    __slots__ = (
-        "name",
-        "maxsize",
-        "credit",
-        "unlimited",
-        "buffer",
-        "error",
-        "fetching",
-        "receivers",
-        "return_top_up",
-        "top_up",
-        "returns_after_top_up",
-    )
-
-    def __init__(self, name: str, maxsize: int) -> None:
-        self.name = name
-        self.maxsize = maxsize
-        self.credit = 0  # put credit granted by the scheduler
-        self.unlimited = False  # unbounded queue: puts need no credit
-        self.buffer: deque[tuple[int, bytes]] = deque()  # leased, not yet handed out
-        self.error: BaseException | None = None  # from a put nobody waited for
-        self.fetching: trio.Event | None = None  # set when this client's asking get ends
-        self.receivers = 0  # this client's open receive endpoints
-        self.return_top_up = False  # the receivers closed: return what it brings
-        self.top_up: trio.Event | None = None  # a top-up in flight: set when it is answered
-        self.returns_after_top_up: list[int] = []  # returned with the top-up's leases, in order
-
-    def can_put(self, n: int) -> bool:
-        return self.unlimited or self.credit >= n
-
-    def on_info(self, maxsize: int, accepting: bool) -> None:
-        self.maxsize = maxsize
-        self.unlimited = maxsize == 0 and accepting
-
-    def on_credit(self, credit: int, action: str) -> int | None:
-        """Apply a credit notice; returns the credit to send back, if asked."""
-        if action == "grant":
-            self.credit += credit
-        elif action == "revoke":
-            unused, self.credit = self.credit, 0
-            return unused
-        else:  # "stop", "deleted"
-            self.credit = 0
-            self.unlimited = False
-            if action == "deleted":
-                self.buffer.clear()  # leased from the deleted queue: gone with it
-        return None
 
 
 def _check_count(name: str, value: object, minimum: int) -> int:
@@ -153,8 +100,8 @@ class Queue:
         _check_count("maxsize", maxsize, 0)
         link = session.queue_links.get(name)
         if link is None:
-            link = session.queue_links[name] = _Link(name, maxsize)
-        self._link: _Link = link
+            link = session.queue_links[name] = QueueLink(session, name, maxsize)
+        self._link: QueueLink = link
         session.send_request(QueueOpen(name, maxsize), late=self._on_opened)
 
     @property
@@ -192,6 +139,7 @@ class Queue:
         data = session.serializer.dumps_item(item)
         if (
             (link.unlimited or link.credit > 0)
+            and not link.unconfirmed_closes
             and link.error is None
             and session.broken is None
             and not session.closed
@@ -265,15 +213,19 @@ class Queue:
 
         Raises ``trio.EndOfChannel`` once the queue's last send endpoint
         closed and it is empty, ``trio.BrokenResourceError`` if it was
-        deleted.  If cancelled, either nothing was taken or the item is
-        kept for this client's next ``get`` on the queue.  Always a cancel
-        point; a get of a prefetched item switches tasks only once every
-        ``SCHEDULE_EVERY`` items (see the queues guide).
+        deleted.  Tasks of this client waiting on the queue are served
+        first come, first served.  If cancelled, either nothing was taken
+        or the item is kept for this client's next ``get`` on the queue.
+        Always a cancel point; a get of a prefetched item switches tasks
+        only once every ``SCHEDULE_EVERY`` items (see the queues guide).
         """
+        return await self._get_one(None)
+
+    async def _get_one(self, endpoint: QueueReceiveChannel | None) -> Any:
         link = self._link
         session = self._session
         if link.buffer and session.broken is None and not session.closed:
-            # Fast path: an item prefetched here.
+            # Fast path: an item prefetched here (nobody waits: see QueueLink).
             await trio.lowlevel.checkpoint_if_cancelled()
             usable = True
             # session.count_local_call(1), inline on the hottest path:
@@ -283,14 +235,15 @@ class Queue:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 # Closed meanwhile?  An item taken now could not be acknowledged:
                 # the scheduler would give it to another consumer as well.
-                usable = session.usable()
+                usable = session.usable() and (endpoint is None or not endpoint._closed)
             if link.buffer and usable:
                 lease, data = link.buffer.popleft()
                 session.outbox.ack_one(lease)
+                link.last_touched = trio.current_time()
                 if len(link.buffer) <= self._top_up_at:
                     self._top_up()
                 return session.serializer.loads(data)
-        return (await self._get(1, wait=True))[0]
+        return (await self._get(1, wait=True, endpoint=endpoint))[0]
 
     async def get_nowait(self) -> Any:
         """Take the oldest item or raise ``trio.WouldBlock`` if there is none now.
@@ -310,47 +263,90 @@ class Queue:
         _check_count("n", n, 1)
         return await self._get(n, wait=True)
 
-    async def _get(self, n: int, *, wait: bool) -> list[Any]:
+    async def _get(
+        self, n: int, *, wait: bool, endpoint: QueueReceiveChannel | None = None
+    ) -> list[Any]:
         link = self._link
         session = self._session
         session.check_usable()
         await trio.lowlevel.checkpoint_if_cancelled()
+        if endpoint is None:
+            link.released = False  # a plain get takes items here again
         if link.buffer and session.count_local_call(min(n, len(link.buffer))):
             await trio.lowlevel.cancel_shielded_checkpoint()
             session.check_usable()  # closed meanwhile: take nothing it cannot acknowledge
-        while not link.buffer:
-            if link.top_up is not None:
-                # A top-up is on its way (it never waits in the scheduler): its
-                # answer comes first, so take from it rather than ask past it.
-                await link.top_up.wait()
-            elif wait and link.fetching is not None:
-                # Another task of this client is asking already: share its answer
-                # rather than wait at the scheduler beside items it will bring.
-                await link.fetching.wait()
-            else:
-                await self._fetch(n, wait)
-        taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
+            _check_open(endpoint)
+        if link.buffer:
+            taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
+        elif not wait:
+            taken = await self._get_now(n)
+        else:
+            taken = await self._wait_for_items(n, endpoint)
         session.outbox.ack([lease for lease, _ in taken])
+        link.last_touched = trio.current_time()
         if len(link.buffer) <= self._top_up_at:
             self._top_up()
         loads = session.serializer.loads
         return [loads(data) for _, data in taken]
 
-    async def _fetch(self, n: int, wait: bool) -> None:
-        """Ask the scheduler for items (``prefetch`` of them if it has them) into the buffer."""
+    async def _get_now(self, n: int) -> list[tuple[int, bytes]]:
+        """Items queued now, without waiting for more (``WouldBlock`` if none)."""
         link = self._link
-        fetching = trio.Event()
+        if link.top_up is not None:
+            await link.top_up.wait()  # its answer comes first: take from it, not past it
+        if not link.buffer:
+            await self._fetch(n, wait=False)
+        if not link.buffer:  # tasks waiting here took what it brought: they came first
+            raise trio.WouldBlock(f"queue {link.name!r} is empty")
+        return [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
+
+    async def _wait_for_items(
+        self, n: int, endpoint: QueueReceiveChannel | None
+    ) -> list[tuple[int, bytes]]:
+        """Wait in line behind this client's other waiting tasks for up to ``n`` items.
+
+        One request at a time waits in the scheduler for the whole line
+        (``QueueLink``); what it brings is handed out in line order.
+        Leaving the line (cancelled, or the endpoint closed) gives whatever
+        was handed to this task to the next in line.
+        """
+        link = self._link
+        waiter = Waiter(n)
+        link.waiters.append(waiter)
+        try:
+            while not waiter.items:
+                if waiter.event.is_set():
+                    waiter.event = trio.Event()
+                if not link.fetching and link.top_up is None:
+                    await self._fetch(n, wait=True)
+                else:
+                    await waiter.event.wait()
+            _check_open(endpoint)
+        except BaseException:
+            link.waiters.remove(waiter)
+            if waiter.items:
+                link.deliver(waiter.items, front=True)
+            else:
+                link.nudge()
+            raise
+        link.waiters.remove(waiter)
+        return waiter.items
+
+    async def _fetch(self, n: int, wait: bool) -> None:
+        """Ask the scheduler for items (``prefetch`` of them if it has them) for the line."""
+        link = self._link
         if wait:
-            link.fetching = fetching
+            link.fetching = True
+        leased: list[tuple[int, bytes]] = []
         try:
             reply = await self._session.request(
                 QueueGet(link.name, max(n, self._prefetch), wait), Items, on_cancel="outcome"
             )
+            leased = list(enumerate(reply.items, reply.first_lease))
         finally:
-            if link.fetching is fetching:
-                link.fetching = None
-            fetching.set()
-        link.buffer.extend(enumerate(reply.items, reply.first_lease))
+            if wait:
+                link.fetching = False
+            link.deliver(leased)
 
     def _top_up(self) -> None:
         """Top the buffer up to ``prefetch`` with items queued now, without waiting.
@@ -365,29 +361,19 @@ class Queue:
         link = self._link
         session = self._session
         want = self._prefetch - len(link.buffer)
-        if link.fetching is not None or link.top_up is not None or want < 1:
+        if link.fetching or link.top_up is not None or want < 1 or link.released:
             return
         if session.closed or session.broken is not None or session.connection.is_broken:
             return
         top_up = link.top_up = trio.Event()
-        link.return_top_up = False
 
         def arrived(pending: Pending) -> None:
-            link.top_up = None
             top_up.set()
             leased: list[tuple[int, bytes]] = []
             if pending.op == Op.REPLY:  # else WouldBlock, the end, an error: gets find out
                 reply = decode_reply(Items, pending.payload)
                 leased = list(enumerate(reply.items, reply.first_lease))
-            if link.return_top_up:
-                # Its receivers closed meanwhile: give these back, after the ones
-                # the closing held for this moment, in one return (so in order).
-                leases = link.returns_after_top_up + [lease for lease, _ in leased]
-                link.returns_after_top_up = []
-                if leases and session.usable():
-                    session.send_oneway(QueueReturn(leases))
-                return
-            link.buffer.extend(leased)
+            link.on_top_up(leased)
 
         session.send_request(QueueGet(link.name, want, False), late=arrived)
 
@@ -475,16 +461,26 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self._closed = False
+        self._sending: set[trio.CancelScope] = set()  # sends waiting on this endpoint
         queue._session.send_oneway(EndpointOpen(queue.name, "send"))
 
     async def send(self, value: Any) -> None:
         """Put ``value`` (see ``Queue.put``, whose errors it raises).
 
-        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
+        Raises ``trio.ClosedResourceError`` if this endpoint was closed,
+        also when another task closes it while this send waits for room
+        (then the value was not put).
         """
         if self._closed:
             raise trio.ClosedResourceError("this send endpoint was closed")
-        await self._queue.put(value)
+        with trio.CancelScope() as scope:
+            self._sending.add(scope)
+            try:
+                await self._queue.put(value)
+                return
+            finally:
+                self._sending.discard(scope)
+        raise trio.ClosedResourceError("this send endpoint was closed while send waited")
 
     def clone(self) -> QueueSendChannel:
         """Another send endpoint, counted separately (close each one).
@@ -498,8 +494,10 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
     async def aclose(self) -> None:
         """Close this endpoint (idempotent); the scheduler counts it as gone.
 
-        Waits for nothing and raises nothing; on a client that is closed or
-        broken it only closes locally (the scheduler counted it gone already).
+        Sends of this endpoint still waiting raise ``trio.ClosedResourceError``
+        (their values are not put).  Waits for nothing and raises nothing; on
+        a client that is closed or broken it only closes locally (the
+        scheduler counted it gone already).
         """
         self.close()
         await trio.lowlevel.checkpoint()
@@ -508,6 +506,8 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
         """``aclose`` without the checkpoint, like a memory channel's ``close``."""
         if not self._closed:
             self._closed = True
+            for scope in self._sending:
+                scope.cancel()
             _close_endpoint(self._queue, "send")
 
 
@@ -521,18 +521,28 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
     def __init__(self, queue: Queue) -> None:
         self._queue = queue
         self._closed = False
+        self._receiving: set[trio.CancelScope] = set()  # receives waiting on this endpoint
         queue._session.send_oneway(EndpointOpen(queue.name, "receive"))
         queue._link.receivers += 1
+        queue._link.released = False
 
     async def receive(self) -> Any:
         """Get an item (see ``Queue.get``, whose errors it raises).
 
         Raises ``trio.EndOfChannel`` once the last sender closed and the
-        queue is empty, ``trio.ClosedResourceError`` if this endpoint was closed.
+        queue is empty, ``trio.ClosedResourceError`` if this endpoint was
+        closed, also when another task closes it while this receive waits
+        (the item it would have got goes to another receiver).
         """
         if self._closed:
             raise trio.ClosedResourceError("this receive endpoint was closed")
-        return await self._queue.get()
+        with trio.CancelScope() as scope:
+            self._receiving.add(scope)
+            try:
+                return await self._queue._get_one(self)
+            finally:
+                self._receiving.discard(scope)
+        raise trio.ClosedResourceError("this receive endpoint was closed while receive waited")
 
     def clone(self) -> QueueReceiveChannel:
         """Another receive endpoint, counted separately (close each one).
@@ -546,33 +556,49 @@ class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
     async def aclose(self) -> None:
         """Close this endpoint (idempotent); the scheduler counts it as gone.
 
-        When it is this client's last receive endpoint on the queue, the
-        items prefetched here go back to the queue.  Waits for nothing and
-        raises nothing.
+        Receives of this endpoint still waiting raise
+        ``trio.ClosedResourceError``.  When it is this client's last receive
+        endpoint on the queue, the items prefetched here go back to the
+        queue, and this client's next put on the queue asks the scheduler
+        (so a put after the last receiver in the cluster closed raises
+        ``trio.BrokenResourceError`` at once).  Waits for nothing and raises
+        nothing.
         """
         self.close()
         await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         """``aclose`` without the checkpoint, like a memory channel's ``close``."""
-        if not self._closed:
-            self._closed = True
-            link = self._queue._link
-            link.receivers -= 1
-            if not link.receivers and link.buffer and self._queue._session.usable():
-                # The last local receiver is gone: give prefetched items back now,
-                # so the stream's other receivers get them (and its end).
-                leases = [lease for lease, _ in link.buffer]
-                link.buffer.clear()
-                if link.top_up is not None:
-                    # A top-up is on its way with later items: return these with
-                    # them, in one return, so the queue gets them back in order.
-                    link.returns_after_top_up.extend(leases)
-                else:
-                    self._queue._session.send_oneway(QueueReturn(leases))
-            if not link.receivers:
-                link.return_top_up = True  # a top-up still on its way goes back too
-            _close_endpoint(self._queue, "receive")
+        if self._closed:
+            return
+        self._closed = True
+        for scope in self._receiving:
+            scope.cancel()
+        queue = self._queue
+        link = queue._link
+        link.receivers -= 1
+        if link.receivers:
+            _close_endpoint(queue, "receive")
+            return
+        # The last local receiver is gone: give prefetched items back now, so the
+        # stream's other receivers get them (and its end).
+        link.released = True
+        if not link.waiters:
+            link.give_back()
+        session = queue._session
+        if session.usable():
+            # Until the scheduler answers, puts here ask it: it may say nobody reads.
+            link.unconfirmed_closes += 1
+
+            def answered(pending: Pending) -> None:
+                link.unconfirmed_closes -= 1
+
+            session.send_request(EndpointClose(queue.name, "receive"), late=answered)
+
+
+def _check_open(endpoint: QueueReceiveChannel | None) -> None:
+    if endpoint is not None and endpoint._closed:
+        raise trio.ClosedResourceError("this receive endpoint was closed while receive waited")
 
 
 def _close_endpoint(queue: Queue, kind: str) -> None:
