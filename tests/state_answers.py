@@ -1,12 +1,31 @@
 """Picking the answers to one request out of a ``SchedulerState`` instruction list.
 
-Shared by the sans-IO tests of queues (test_state) and tasks (test_tasks_state).
+Shared by the sans-IO tests of queues, tasks, channels and references.
 """
 
 from __future__ import annotations
 
-from trioq._scheduler.state import Fail, Out, Reply
+from trioq._scheduler.state import Fail, Notice, Out, Reply, SchedulerState
+from trioq._wire.flow_messages import Barrier, BarrierDone
 from trioq._wire.messages import Message
+
+
+def with_barriers_answered(state: SchedulerState, out: Out) -> Out:
+    """``out`` with every ``Barrier`` answered at once and left out.
+
+    Clients with nothing in flight answer at once; the sans-IO tests play
+    such clients unless they test barriers themselves (test_barriers_state).
+    """
+    result: Out = []
+    todo = list(out)
+    while todo:
+        instruction = todo.pop(0)
+        if isinstance(instruction, Notice) and isinstance(instruction.message, Barrier):
+            done = BarrierDone(instruction.message.number)
+            todo.extend(state.handle(instruction.conn, 0, done))
+        else:
+            result.append(instruction)
+    return result
 
 
 def answers(out: Out, conn: int, rid: int) -> list[Reply | Fail]:

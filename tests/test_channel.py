@@ -43,13 +43,14 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from state_answers import answers, fail_of, reply_to
+from state_answers import answers, fail_of, reply_to, with_barriers_answered
 
 import trioq
 from trioq._client.channel import READ_BATCH
 from trioq._scheduler.state import DEFAULT_MAX_ITEM_BYTES, Fail, Reply, SchedulerState
 from trioq._wire.channel_messages import (
     ChannelAppend,
+    ChannelAppended,
     ChannelInfo,
     ChannelItems,
     ChannelOpen,
@@ -98,13 +99,13 @@ class Board:
         self.state.validate()
 
     def disconnect(self, conn: int) -> list[Any]:
-        out = self.state.disconnect(conn)
+        out = with_barriers_answered(self.state, self.state.disconnect(conn))
         self.state.validate()
         return out
 
     def send(self, conn: int, message: Message, rid: int | None = None) -> tuple[int, list[Any]]:
         rid = next(self._rids) if rid is None else rid
-        out = self.state.handle(conn, rid, message)
+        out = with_barriers_answered(self.state, self.state.handle(conn, rid, message))
         self.state.validate()
         return rid, out
 
@@ -128,7 +129,7 @@ class Board:
 
     def append(self, conn: int, *items: bytes, name: str = "c") -> list[Any]:
         rid, out = self.send(conn, ChannelAppend(name, list(items)))
-        assert isinstance(reply_to(out, conn, rid), Ok)
+        assert isinstance(reply_to(out, conn, rid), ChannelAppended)
         return out
 
     def read(self, conn: int, start: int, max_items: int = 100, name: str = "c") -> ChannelItems:
@@ -188,7 +189,7 @@ E = [element(i) for i in range(40)]  # E[i] is the element tagged i
 
 def test_elements_are_numbered_in_the_order_appends_are_applied_whoever_sends_them() -> None:
     b = Board(ALICE, BOB)
-    assert b.open(ALICE) == ChannelInfo(0, False)
+    assert b.open(ALICE) == ChannelInfo(0, False, 0)
     b.append(ALICE, E[0], E[1])
     b.append(BOB, E[2])
     b.append(ALICE, E[3])
@@ -237,10 +238,10 @@ def test_a_long_trimmed_channel_compacts_its_storage_and_keeps_its_numbers() -> 
 def test_a_reopen_without_maxlen_gets_the_channel_as_it_is() -> None:
     b = Board(ALICE, BOB)
     b.open(ALICE, maxlen=3)
-    assert b.open(BOB) == ChannelInfo(3, False)
-    assert b.open(BOB, maxlen=3) == ChannelInfo(3, False)
+    assert b.open(BOB) == ChannelInfo(3, False, 0)
+    assert b.open(BOB, maxlen=3) == ChannelInfo(3, False, 0)
     b.stop(ALICE)
-    assert b.open(BOB) == ChannelInfo(3, True)
+    assert b.open(BOB) == ChannelInfo(3, True, 0)
 
 
 def test_a_maxlen_that_differs_from_the_channels_is_a_value_error() -> None:
@@ -317,7 +318,7 @@ def test_stop_is_idempotent() -> None:
     b.open(ALICE)
     b.stop(ALICE)
     b.stop(ALICE)
-    assert b.open(ALICE) == ChannelInfo(0, True)
+    assert b.open(ALICE) == ChannelInfo(0, True, 0)
 
 
 def test_an_append_after_stop_is_refused_with_closed_resource_error() -> None:
@@ -389,7 +390,7 @@ def test_an_element_referring_to_an_unknown_task_is_refused_with_lookup_error() 
     assert b.refs("known") == 0  # all or none: the good element was not kept either
 
 
-def test_requests_on_a_channel_never_opened_are_lookup_errors() -> None:
+def test_requests_on_a_channel_never_opened_are_broken_resource_errors() -> None:
     b = Board(ALICE)
     for message in [
         ChannelAppend("nope", [E[0]]),
@@ -398,7 +399,10 @@ def test_requests_on_a_channel_never_opened_are_lookup_errors() -> None:
         ChannelStop("nope"),
     ]:
         failure = b.refused(ALICE, message)
-        assert (failure.kind, failure.text) == ("LookupError", "channel 'nope' was never opened")
+        assert (failure.kind, failure.text) == (
+            "BrokenResourceError",
+            "channel 'nope' does not exist (it was deleted)",
+        )
 
 
 def test_a_read_that_may_not_wait_past_the_end_is_would_block() -> None:
@@ -500,7 +504,7 @@ class ChannelMachine(RuleBasedStateMachine):
     def start(self, maxlen: int) -> None:
         self.b = Board()
         self.maxlen = maxlen
-        assert self.b.open(SUBMITTER, maxlen=maxlen) == ChannelInfo(maxlen, False)
+        assert self.b.open(SUBMITTER, maxlen=maxlen) == ChannelInfo(maxlen, False, 0)
         self.conns = {SUBMITTER}
         self.next_conn = 100
         self.appended: list[bytes] = []
@@ -561,8 +565,8 @@ class ChannelMachine(RuleBasedStateMachine):
             assert fail_of(out, conn, rid).kind == "ClosedResourceError"
             assert len(out) == 1
             return
-        assert isinstance(reply_to(out, conn, rid), Ok)
         self.appended += items
+        assert reply_to(out, conn, rid) == ChannelAppended(self.end - self.first, self.end)
         self.check_served(out)
         assert len(out) == 1 + sum(1 for i in out if isinstance(i.message, ChannelItems))
 
@@ -604,7 +608,8 @@ class ChannelMachine(RuleBasedStateMachine):
         if maxlen and maxlen != self.maxlen:
             assert fail_of(out, conn, rid).kind == "ValueError"
         else:
-            assert reply_to(out, conn, rid) == ChannelInfo(self.maxlen, self.stopped)
+            info = ChannelInfo(self.maxlen, self.stopped, self.end - self.first)
+            assert reply_to(out, conn, rid) == info
 
     @invariant()
     def the_channel_is_the_model(self) -> None:

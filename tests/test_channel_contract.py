@@ -232,3 +232,18 @@ async def test_a_cancelled_waiter_hands_its_place_to_the_next_task_in_line(
             assert got == ["second"]
             await trio.testing.wait_all_tasks_blocked()
             assert queue_status(cluster, "q")["size"] == 0
+
+
+@pytest.mark.parametrize("end", ["broken", "closed"])
+async def test_a_finished_queue_says_how_to_use_its_name_afresh(cluster: Any, end: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(cluster) as client:
+            queue = client.queue("q")
+            send, receive = queue.open_channels()
+            await (receive if end == "broken" else send).aclose()
+            expected = trio.BrokenResourceError if end == "broken" else trio.ClosedResourceError
+            with pytest.raises(expected, match=r"delete the queue \(queue.delete\(\)\)"):
+                await queue.put_nowait("x")
+            await queue.delete()
+            await client.queue("q").put("afresh")
+            assert await client.queue("q").get() == "afresh"

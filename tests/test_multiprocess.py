@@ -360,13 +360,15 @@ async def test_items_leased_to_a_killed_consumer_process_reach_the_survivor_exac
             if when.startswith("paused"):
                 printed = await read_items(doomed, 10)
                 await doomed.expect("paused")
-                # Its acknowledgements may still be on the way; its prefetched,
-                # never handed out items are certainly still leased to it.
+                # The survivor waits on the empty queue: the doomed consumer's
+                # prefetched, never handed out items are recalled from it.
                 await wait_until_queue(client, "work", size=0)
-                doomed_row = [
-                    c for c in (await client.status())["clients"] if c["name"] == "doomed"
-                ]
-                assert doomed_row and doomed_row[0]["leases"] >= 64 - 10, doomed_row
+
+                async def recalled() -> bool:
+                    rows = (await client.status())["clients"]
+                    return [c["leases"] for c in rows if c["name"] == "doomed"] == [0]
+
+                await procs.poll_until(recalled)
             else:
                 printed = []
                 await procs.poll_until(doomed.stdout_nearly_full)

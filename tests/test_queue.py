@@ -595,23 +595,49 @@ async def test_wrong_argument_types_raise_clear_errors_on_the_client(cluster: An
             assert await q.qsize() == 0
 
 
-async def test_conflicting_maxsize_raises_value_error_on_the_next_call_only(
-    cluster: Any,
+@pytest.mark.parametrize("same_client", [False, True])
+async def test_a_handle_with_a_conflicting_maxsize_is_refused_atomically(
+    cluster: Any, same_client: bool
 ) -> None:
+    """Its first put raises ValueError and stores nothing; a correct handle is never blamed."""
     with trio.fail_after(TIMEOUT):
-        async with connect(cluster) as a, connect(cluster) as b, connect(cluster) as c:
+        async with connect(cluster) as a, connect(cluster) as b:
             qa = a.queue("sized", maxsize=5)
             await qa.put("a")
-            qb = b.queue("sized", maxsize=3)
-            await b.status()  # the scheduler's refusal has arrived
+            qb = (a if same_client else b).queue("sized", maxsize=3)
+            send = qb.open_send_channel()  # through the refused handle: never counted
             with pytest.raises(ValueError, match="maxsize 5"):
                 await qb.put("refused")
-            assert await qa.qsize() == 1  # the refused put put nothing
-            await qb.put("b")  # reported once; then the handle works on the real queue
+            with pytest.raises(ValueError, match="maxsize 5"):
+                await send.send("refused too")
+            with pytest.raises(ValueError, match="maxsize 5"):
+                await qb.get()  # the handle stays refused; nothing was taken
+            await qa.put("b")  # the correct handle's next call is not blamed ...
+            assert await qa.qsize() == 2  # ... and keeps its item
             assert [await qa.get(), await qa.get()] == ["a", "b"]
-            qc = c.queue("other")
-            await qc.put("served")
-            assert await qc.get() == "served"
+            await trio.testing.wait_all_tasks_blocked()
+            assert queue_status(cluster, "sized")["senders"] == 0
+            send.close()
+            await qa.put("c")  # closing the uncounted endpoint closed nothing
+            assert await qa.get() == "c"
+
+
+async def test_a_first_put_through_a_new_bounded_handle_waits_for_its_verdict(
+    cluster: Any,
+) -> None:
+    """Two clients create one queue with different bounds at once: the loser stores nothing."""
+    with trio.fail_after(TIMEOUT):
+        async with connect(cluster) as a, connect(cluster) as b:
+            qa, qb = a.queue("race", maxsize=2), b.queue("race", maxsize=4)
+            outcomes = []
+            for queue, item in ((qa, "from a"), (qb, "from b")):
+                try:
+                    await queue.put(item)
+                    outcomes.append(item)
+                except ValueError:
+                    outcomes.append("refused")
+            assert outcomes.count("refused") == 1
+            assert await a.queue("race").qsize() == 1
 
 
 async def test_an_oversized_item_raises_protocol_error_and_the_client_keeps_working(

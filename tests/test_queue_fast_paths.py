@@ -233,7 +233,7 @@ async def test_a_get_that_leaves_half_the_prefetch_or_less_tops_the_buffer_up(
     assert got == list(range(20))
 
 
-async def test_a_top_up_never_waits_in_the_scheduler_so_later_items_go_to_waiting_getters(
+async def test_a_top_up_never_waits_and_items_prefetched_elsewhere_are_recalled_for_a_getter(
     cluster: Any,
 ) -> None:
     with trio.fail_after(TIMEOUT):
@@ -257,12 +257,15 @@ async def test_a_top_up_never_waits_in_the_scheduler_so_later_items_go_to_waitin
 
                 nursery.start_soon(wait_for_one)
                 await trio.testing.wait_all_tasks_blocked()
-                status = queue_status(cluster, "no-wait")
-                assert (status["size"], status["getters"]) == (0, 1), "the top-up is waiting"
-                await qp.put("late")
-            assert got == ["late"]
-            assert len(qr._link.buffer) == 2
-            assert [await qr.get(), await qr.get()] == [2, 3]
+            # The waiting get had the reader's idle items recalled; no top-up waited.
+            assert got == [2]
+            status = queue_status(cluster, "no-wait")
+            assert (status["size"], status["getters"]) == (0, 0), "the top-up is waiting"
+            assert len(qr._link.buffer) == 0
+            await qp.put("late")
+            await qp.qsize()
+            assert queue_status(cluster, "no-wait")["size"] == 1, "a top-up took it"
+            assert await qw.get() == 3
 
 
 async def test_prefetch_one_never_tops_up(cluster: Any) -> None:

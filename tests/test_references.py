@@ -49,7 +49,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from state_answers import answers, fail_of, reply_to
+from state_answers import answers, fail_of, reply_to, with_barriers_answered
 
 import trioq
 from trioq import SerializationError
@@ -400,7 +400,7 @@ class Harness:
 
     def send(self, conn: int, message: Message, rid: int | None = None) -> tuple[int, list[Any]]:
         rid = next(self._rids) if rid is None else rid
-        out = self.state.handle(conn, rid, message)
+        out = with_barriers_answered(self.state, self.state.handle(conn, rid, message))
         self.state.validate()
         return rid, out
 
@@ -412,7 +412,7 @@ class Harness:
         return self.send(conn, message, rid=0)[1]
 
     def disconnect(self, conn: int) -> list[Any]:
-        out = self.state.disconnect(conn)
+        out = with_barriers_answered(self.state, self.state.disconnect(conn))
         self.state.validate()
         return out
 

@@ -39,9 +39,10 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from state_answers import answers, fail_of, reply_to
+from state_answers import answers, fail_of, reply_to, with_barriers_answered
 
 from trioq._scheduler.state import CREDIT_WINDOW, Fail, Notice, Reply, SchedulerState
+from trioq._wire.flow_messages import LeaseRecall
 from trioq._wire.messages import (
     ITEM_OVERHEAD,
     Ack,
@@ -77,9 +78,14 @@ Out = list[Any]  # Reply | Fail | Notice
 class Harness:
     """A ``SchedulerState`` with fresh request ids and ``validate()`` after every step."""
 
-    def __init__(self, *conns: int, max_item_bytes: int | None = None) -> None:
+    def __init__(
+        self, *conns: int, max_item_bytes: int | None = None, answer_barriers: bool = True
+    ) -> None:
         self.state = SchedulerState() if max_item_bytes is None else SchedulerState(max_item_bytes)
         self._rids = itertools.count(1)
+        #: Answer every ``Barrier`` at once, as clients with nothing in flight do,
+        #: and leave the notices out of what a step returns.
+        self.answer_barriers = answer_barriers
         for conn in conns:
             self.state.connect(conn, f"client-{conn}", f"127.0.0.1:{1000 + conn}")
         self.check()
@@ -92,9 +98,13 @@ class Harness:
     def send(self, conn: int, message: Message, rid: int | None = None) -> tuple[int, Out]:
         """Apply one request; return its request id and the instructions."""
         rid = next(self._rids) if rid is None else rid
-        out = self.state.handle(conn, rid, message)
+        out = self.answer(self.state.handle(conn, rid, message))
         self.check()
         return rid, out
+
+    def answer(self, out: Out) -> Out:
+        """``out`` with its barriers answered (if ``answer_barriers``) and left out."""
+        return with_barriers_answered(self.state, out) if self.answer_barriers else out
 
     def do(self, conn: int, message: Message) -> Out:
         return self.send(conn, message)[1]
@@ -104,7 +114,7 @@ class Harness:
         return self.send(conn, message, rid=0)[1]
 
     def disconnect(self, conn: int) -> Out:
-        out = self.state.disconnect(conn)
+        out = self.answer(self.state.disconnect(conn))
         self.check()
         return out
 
@@ -917,7 +927,7 @@ def test_disconnect_serves_parked_getters_with_the_returned_items() -> None:
     rid, out = get(h, 1, "q", max_items=5)
     assert items_of(out, 1, rid).items == [b"a"]
     rid2, out = get(h, 2, "q")
-    assert out == []
+    assert out == [Notice(1, LeaseRecall("q"))]  # the holder is asked to give back
     out = h.disconnect(1)
     assert items_of(out, 2, rid2).items == [b"a"]
 
@@ -955,7 +965,7 @@ def test_queue_return_puts_leases_back_at_the_head_and_serves_a_parked_getter() 
     rid, out = get(h, 1, "q", max_items=3)
     got = items_of(out, 1, rid)
     rid2, out = get(h, 2, "q")
-    assert out == []
+    assert out == [Notice(1, LeaseRecall("q"))]
     rid, out = h.send(1, QueueReturn([got.first_lease + 2]))
     assert items_of(out, 2, rid2).items == [b"c"]
 
@@ -1065,7 +1075,7 @@ def test_end_of_channel_waits_for_leased_items_that_could_come_back() -> None:
     second = items_of(out, 2, rid)
     assert second.items == [b"b"]
     rid, out = get(h, 1, "q")
-    assert out == []  # a and b are leased: either may still come back
+    assert out == [Notice(2, LeaseRecall("q"))]  # a and b are leased: either may still come back
     out = h.oneway(2, Ack([first.first_lease, second.first_lease]))
     assert fail_of(out, 1, rid).kind == "EndOfChannel"
 
@@ -1079,15 +1089,15 @@ def test_a_lease_returned_to_a_closed_queue_serves_a_waiting_getter_not_the_end(
     rid, out = get(h, 2, "q", max_items=2)
     got = items_of(out, 2, rid)
     rid_wait, out = get(h, 1, "q", max_items=2)
-    assert out == []  # closed and empty, but a and b may come back
+    assert out == [Notice(2, LeaseRecall("q"))]  # closed and empty, but a and b may come back
     rid, out = h.send(2, QueueReturn([got.first_lease + 1]))
     assert items_of(out, 1, rid_wait).items == [b"b"]
     rid_wait, out = get(h, 1, "q")
-    assert out == []  # a and b are leased still
+    assert out == [Notice(2, LeaseRecall("q"))]  # a is leased still
     out = h.disconnect(2)  # a comes back with its lease
     assert items_of(out, 1, rid_wait).items == [b"a"]
     rid_last, out = get(h, 3, "q")
-    assert out == []
+    assert out == [Notice(1, LeaseRecall("q"))]
     out = h.oneway(1, Ack([lease for lease in h.state._conns[1].leases]))
     assert fail_of(out, 3, rid_last).kind == "EndOfChannel"
     rid, out = get(h, 3, "q", wait=False)
@@ -1329,6 +1339,8 @@ class SharedQueueMachine(RuleBasedStateMachine):
                         self.committed.update(items)
             else:
                 assert isinstance(instruction, Notice), instruction
+                if isinstance(instruction.message, LeaseRecall):
+                    continue  # a client may keep what it holds: the recall is a hint
                 assert isinstance(instruction.message, CreditNotice), instruction
                 notice = instruction.message
                 assert notice.action in ("grant", "revoke"), instruction  # nothing closes q

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from state_answers import answers, fail_of, reply_to
+from state_answers import answers, fail_of, reply_to, with_barriers_answered
 
 from trioq._scheduler.state import Fail, Notice, Reply, SchedulerState
 from trioq._scheduler.tasks import MAX_DEATHS
@@ -58,7 +58,7 @@ class Harness:
 
     def send(self, conn: int, message: Message, rid: int | None = None) -> tuple[int, Out]:
         rid = next(self._rids) if rid is None else rid
-        out = self.state.handle(conn, rid, message)
+        out = with_barriers_answered(self.state, self.state.handle(conn, rid, message))
         self.state.validate()
         return rid, out
 
@@ -69,7 +69,7 @@ class Harness:
         return self.send(conn, message, rid=0)[1]
 
     def disconnect(self, conn: int) -> Out:
-        out = self.state.disconnect(conn)
+        out = with_barriers_answered(self.state, self.state.disconnect(conn))
         self.state.validate()
         return out
 

@@ -34,6 +34,7 @@ if _typing.TYPE_CHECKING:
     from ._client.pipe import Pipe, PipeEnd
     from ._client.queue import SCHEDULE_EVERY, Queue, QueueReceiveChannel, QueueSendChannel
     from ._client.simple_queue import SimpleQueue
+    from ._client.statistics import ChannelStatistics, QueueStatistics
     from ._client.variable import Variable
     from ._cluster import Cluster, open_cluster
     from ._scheduler.server import Scheduler
@@ -56,6 +57,8 @@ _LAZY = {
     "QueueSendChannel": "._client.queue",
     "QueueReceiveChannel": "._client.queue",
     "SCHEDULE_EVERY": "._client.queue",
+    "QueueStatistics": "._client.statistics",
+    "ChannelStatistics": "._client.statistics",
     "Scheduler": "._scheduler.server",
     "Variable": "._client.variable",
     "Future": "._client.future",
@@ -82,6 +85,8 @@ __all__ = [
     "QueueReceiveChannel",
     "SimpleQueue",
     "SCHEDULE_EVERY",
+    "QueueStatistics",
+    "ChannelStatistics",
     "Variable",
     "Channel",
     "ChannelSubscription",

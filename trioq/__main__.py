@@ -3,7 +3,9 @@
 ``scheduler`` serves named state over TCP; ``worker`` runs tasks for a
 scheduler; ``status`` shows what a scheduler holds (tables, or ``--json``);
 ``demo`` runs trioq's workloads end to end; ``cluster`` runs a scheduler and
-worker processes in one command and stops them all on Ctrl-C or SIGTERM.
+worker processes in one command (``_cluster.WorkerProcesses``, which
+``open_cluster(processes=True)`` uses too: a worker that exits is started
+again) and stops them all on Ctrl-C or SIGTERM.
 ``--version`` prints ``trioq VERSION``.
 
 Rules: each command imports only what it needs (the scheduler's process
@@ -17,7 +19,6 @@ generated it.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import signal
 import sys
@@ -119,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--series", action="append", default=[], help="a series this worker runs (repeatable)"
     )
+    # For a launcher (``WorkerProcesses``): a pipe to write to once the worker joined.
+    worker.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     _add_token_options(worker)
 
     status = commands.add_parser("status", help="show a scheduler's queues, variables, clients")
@@ -142,10 +145,16 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 async def _until_signalled(run: Any) -> None:
-    """Run ``run(task_status)`` until SIGINT or SIGTERM, then cancel it cleanly."""
+    """Run ``run(task_status)`` until it returns or SIGINT or SIGTERM comes, then
+    cancel it cleanly (a worker returns when its scheduler closed the connection)."""
     async with trio.open_nursery() as nursery:
+
+        async def run_then_stop(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            await run(task_status=task_status)
+            nursery.cancel_scope.cancel()
+
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await nursery.start(run)
+            await nursery.start(run_then_stop)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
@@ -192,6 +201,7 @@ async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
 
 async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
     """A scheduler here and ``--workers`` worker processes, all stopped together."""
+    from ._cluster import WorkerProcesses
     from ._scheduler.server import Scheduler
 
     if args.workers < 0:
@@ -203,14 +213,13 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             address = await _listen(nursery, scheduler)
-            env = {**os.environ, "TRIOQ_TOKEN": scheduler.token}
-            for index in range(args.workers):
-                command = [sys.executable, "-m", "trioq", "worker", address]
-                command += ["--name", f"worker-{index}", "--nthreads", str(args.nthreads)]
-                # run_process stops the worker (SIGTERM, then SIGKILL) when cancelled.
-                await nursery.start(
-                    functools.partial(trio.run_process, command, env=env, check=False)
-                )
+            children = WorkerProcesses(
+                address, scheduler.token, args.workers, nthreads=args.nthreads
+            )
+            try:  # reports started once every worker has joined
+                await nursery.start(children.run)
+            except RuntimeError as exc:  # one exited first: it said why on stderr
+                raise CommandError(str(exc)) from exc
             workers = _count(args.workers, "worker")
             print(f"trioq cluster: scheduler on {address}, {workers}", flush=True)
             if token is None:  # one it was given is never printed
@@ -231,7 +240,12 @@ async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
     )
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await worker.run(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.run)
+            if args.ready_fd is not None:  # tell the launcher: it has joined
+                os.write(args.ready_fd, b"joined\n")
+                os.close(args.ready_fd)
+            task_status.started()
 
     print(f"trioq worker {worker.name} joining {args.address}", flush=True)
     await _until_signalled(run)

@@ -15,6 +15,14 @@ Rules:
   move: reading is idempotent, so nothing is lost or repeated.
 * Elements are serialized like queue items; futures among them stay alive
   on the scheduler while the channel retains them.
+* ``delete`` forgets the channel on the scheduler, as ``Queue.delete`` does
+  a queue: reads waiting on it raise ``trio.BrokenResourceError`` (and so
+  does every later ``receive`` of their subscriptions); later calls of any
+  handle on the name raise it too, until a new ``client.channel(name)``
+  opens the name afresh.
+* The handle knows the channel's length only as the scheduler last reported
+  it (its open, an append of this handle, a ``snapshot``): ``repr`` shows
+  that count, and never does I/O.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import trio
 
 from .._wire.channel_messages import (
     ChannelAppend,
+    ChannelAppended,
+    ChannelDelete,
     ChannelInfo,
     ChannelItems,
     ChannelOpen,
@@ -63,6 +73,7 @@ class Channel:
         self.name = name
         self._maxlen = maxlen or 0
         self._stopped = False
+        self._length: int | None = None  # as last reported by the scheduler
         self._in_flight = 0  # appends sent and not yet answered
         self._settled = trio.Event()  # set when _in_flight drops to 0
         self._settled.set()
@@ -71,7 +82,11 @@ class Channel:
         self._begin()  # flush also waits for the open (a maxlen refused, say)
 
     def __repr__(self) -> str:
-        return f"<trioq.Channel {self.name!r} maxlen={self.maxlen}>"
+        """``<trioq.Channel 'name' maxlen=N len=M>``: ``len`` is the element count
+        the scheduler last reported to this handle (``?`` before its open was
+        answered); other clients may have appended since."""
+        length = "?" if self._length is None else self._length
+        return f"<trioq.Channel {self.name!r} maxlen={self.maxlen} len={length}>"
 
     @property
     def maxlen(self) -> int | None:
@@ -130,6 +145,21 @@ class Channel:
         await self._session.request(ChannelStop(self.name), Ok)
         self._stopped = True
 
+    async def delete(self) -> None:
+        """Delete the channel and its elements from the scheduler.
+
+        Reads waiting on it (``receive`` of a subscription, in any client)
+        raise ``trio.BrokenResourceError``, and so does every later call on
+        the name through an existing handle, until ``client.channel(name)``
+        creates it afresh (empty, numbered from 0; an old subscription must
+        not be reused on it).  Futures only the channel held may be
+        released.  Deleting a channel that does not exist is no error.  If
+        cancelled, the deletion may or may not have happened; repeating it
+        is safe.
+        """
+        await self._session.request(ChannelDelete(self.name), Ok)
+        self._length, self._stopped = 0, False
+
     # -- reading -------------------------------------------------------------------------
 
     async def snapshot(self) -> list[Any]:
@@ -151,6 +181,7 @@ class Channel:
             start = reply.first + len(reply.items)
             if not reply.items:
                 break
+        self._length = len(elements)
         return elements
 
     def __aiter__(self) -> ChannelSubscription:
@@ -199,14 +230,14 @@ class Channel:
             except Exception as exc:
                 self._keep_error(exc)
                 return
-            self._maxlen, self._stopped = info.maxlen, info.stopped
+            self._maxlen, self._stopped, self._length = info.maxlen, info.stopped, info.length
         finally:
             self._end()
 
     def _on_appended(self, pending: Pending) -> None:
         if pending.op:
             try:
-                self._session.result(pending, Ok)
+                self._length = self._session.result(pending, ChannelAppended).length
             except Exception as exc:
                 self._keep_error(exc)
         self._end()
@@ -234,6 +265,7 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
         self._channel = channel
         self._buffered: deque[bytes] = deque()
         self._closed = False
+        self._broken: trio.BrokenResourceError | None = None  # the channel was deleted
         #: The number of the next element to fetch from the scheduler.
         self.position = start
 
@@ -242,14 +274,24 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
 
         Raises ``trio.EndOfChannel`` once the channel is stopped and read to
         the end, ``trio.ClosedResourceError`` after ``aclose``,
+        ``trio.BrokenResourceError`` once the channel was deleted (from then
+        on, even if the name is opened again) or the connection broke,
         ``SerializationError`` for an element that cannot be deserialized
         here.  If cancelled, the position does not move: nothing is lost.
         """
         if self._closed:
             raise trio.ClosedResourceError("this subscription was closed")
+        if self._broken is not None:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError(*self._broken.args) from self._broken
         if not self._buffered:
             while not self._buffered:
-                reply = await self._channel._read(self.position, READ_BATCH, wait=True)
+                try:
+                    reply = await self._channel._read(self.position, READ_BATCH, wait=True)
+                except trio.BrokenResourceError as exc:
+                    if self._channel._session.usable():  # the channel went, not the link
+                        self._broken = exc
+                    raise
                 if not reply.items and reply.stopped:
                     raise trio.EndOfChannel(f"channel {self._channel.name!r} was stopped")
                 self._buffered.extend(reply.items)

@@ -10,12 +10,14 @@ the client is closed, ``trio.ClosedResourceError``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, TypeVarTuple, Unpack, overload
 
 import trio
+from trio.abc import ReceiveChannel
 
 from .._wire.messages import Status, StatusReport
+from .current import register_client
 from .session import Session
 
 if TYPE_CHECKING:
@@ -26,7 +28,36 @@ if TYPE_CHECKING:
     from .simple_queue import Mode, SimpleQueue
     from .variable import Variable
 
-__all__ = ["Client"]
+__all__ = ["Client", "SubmitOptions", "MapOptions"]
+
+# Typing only.  ``submit`` and ``map`` are overloaded so that a type checker
+# checks the arguments against ``fn`` and knows each future's result type:
+# an ``async def`` function's result is what its coroutine returns.
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+Ts = TypeVarTuple("Ts")
+_Coro = Coroutine[Any, Any, R]  # what calling an ``async def`` function gives
+
+
+class SubmitOptions(TypedDict, total=False):
+    """``Client.submit``'s own keyword arguments (for type checkers)."""
+
+    priority: int
+    series: str | None
+    retries: int
+    key: str | None
+
+
+class MapOptions(TypedDict, total=False):
+    """``Client.map``'s own keyword arguments (for type checkers)."""
+
+    priority: int
+    series: str | None
+    retries: int
 
 
 class Client:
@@ -42,6 +73,7 @@ class Client:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        register_client(self, session)  # what handles' ``.client`` give (see client_of)
         #: The scheduler's address, ``tcp://host:port``.
         self.address = session.address
         #: The id the scheduler gave this connection (shown by ``status``).
@@ -110,22 +142,94 @@ class Client:
 
         return await open_pipe(self._session, duplex)
 
+    # ParamSpec checks the function's own arguments, keywords included, but
+    # cannot sit beside submit's options, and sees a future argument (the
+    # worker passes its result) as a mistake; so the options come with
+    # positional arguments (TypeVarTuple), and futures as up to three of them.
+    @overload
     async def submit(
+        self, fn: Callable[P, _Coro[R]], *args: P.args, **kwargs: P.kwargs
+    ) -> Future[R]: ...
+    @overload
+    async def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]: ...
+    @overload
+    async def submit(
+        self, fn: Callable[[*Ts], _Coro[R]], *args: *Ts, **options: Unpack[SubmitOptions]
+    ) -> Future[R]: ...
+    @overload
+    async def submit(
+        self, fn: Callable[[*Ts], R], *args: *Ts, **options: Unpack[SubmitOptions]
+    ) -> Future[R]: ...
+    @overload
+    async def submit(
+        self, fn: Callable[[A], _Coro[R]], a: A | Future[A], /, **options: Unpack[SubmitOptions]
+    ) -> Future[R]: ...
+    @overload
+    async def submit(
+        self, fn: Callable[[A], R], a: A | Future[A], /, **options: Unpack[SubmitOptions]
+    ) -> Future[R]: ...
+    @overload
+    async def submit(
+        self,
+        fn: Callable[[A, B], _Coro[R]],
+        a: A | Future[A],
+        b: B | Future[B],
+        /,
+        **options: Unpack[SubmitOptions],
+    ) -> Future[R]: ...
+    @overload
+    async def submit(
+        self,
+        fn: Callable[[A, B], R],
+        a: A | Future[A],
+        b: B | Future[B],
+        /,
+        **options: Unpack[SubmitOptions],
+    ) -> Future[R]: ...
+    @overload
+    async def submit(
+        self,
+        fn: Callable[[A, B, C], _Coro[R]],
+        a: A | Future[A],
+        b: B | Future[B],
+        c: C | Future[C],
+        /,
+        **options: Unpack[SubmitOptions],
+    ) -> Future[R]: ...
+    @overload
+    async def submit(
+        self,
+        fn: Callable[[A, B, C], R],
+        a: A | Future[A],
+        b: B | Future[B],
+        c: C | Future[C],
+        /,
+        **options: Unpack[SubmitOptions],
+    ) -> Future[R]: ...
+
+    # mypy cannot match a TypeVarTuple overload against ``*args: Any`` (misc).
+    async def submit(  # type: ignore[misc]  # the options are checked at run time
         self,
         fn: Callable[..., Any],
         *args: Any,
-        priority: int = 0,
-        series: str | None = None,
-        retries: int = 0,
-        key: str | None = None,
+        priority: Any = 0,
+        series: Any = None,
+        retries: Any = 0,
+        key: Any = None,
         **kwargs: Any,
-    ) -> Future:
+    ) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` on a worker; returns its ``Future`` at once.
 
         Higher ``priority`` starts first (submission order among equals); a
         ``series`` task runs only on workers qualified for it; a task that
         raises is run again up to ``retries`` times.  ``fn`` and the
         arguments are pickled here, unpickled only on the worker.
+
+        Typed: the future is a ``Future[R]``, ``R`` being what ``fn`` returns
+        (what its coroutine returns, for an ``async def``), and the arguments
+        are checked against ``fn``.  The options go with positional arguments
+        only (give ``fn`` keywords with ``functools.partial``), and a future
+        stands for its result as one of up to three positional arguments.
 
         Raises ``TypeError`` for an ``fn`` that is not callable,
         ``ValueError`` for a ``key`` this client already uses,
@@ -152,24 +256,92 @@ class Client:
             **kwargs,
         )
 
+    # Each item (or a future, whose result the task receives) must suit fn.
     @overload
     async def map(
-        self, fn: Callable[..., Any], source: trio.abc.ReceiveChannel[Any], /, **options: Any
-    ) -> trio.abc.ReceiveChannel[Future]: ...
-
+        self,
+        fn: Callable[[A], _Coro[R]],
+        source: ReceiveChannel[A | Future[A]],
+        /,
+        *,
+        buffer: int = ...,
+        **options: Unpack[MapOptions],
+    ) -> ReceiveChannel[Future[R]]: ...
     @overload
     async def map(
-        self, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any
-    ) -> list[Future]: ...
+        self,
+        fn: Callable[[A], R],
+        source: ReceiveChannel[A | Future[A]],
+        /,
+        *,
+        buffer: int = ...,
+        **options: Unpack[MapOptions],
+    ) -> ReceiveChannel[Future[R]]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[A], _Coro[R]],
+        iterable: Iterable[A | Future[A]],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> list[Future[R]]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[A], R],
+        iterable: Iterable[A | Future[A]],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> list[Future[R]]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[A, B], _Coro[R]],
+        first: Iterable[A | Future[A]],
+        second: Iterable[B | Future[B]],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> list[Future[R]]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[[A, B], R],
+        first: Iterable[A | Future[A]],
+        second: Iterable[B | Future[B]],
+        /,
+        **options: Unpack[MapOptions],
+    ) -> list[Future[R]]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[..., _Coro[R]],
+        first: Iterable[Any],
+        second: Iterable[Any],
+        third: Iterable[Any],
+        /,
+        *more: Iterable[Any],
+        **options: Unpack[MapOptions],
+    ) -> list[Future[R]]: ...
+    @overload
+    async def map(
+        self,
+        fn: Callable[..., R],
+        first: Iterable[Any],
+        second: Iterable[Any],
+        third: Iterable[Any],
+        /,
+        *more: Iterable[Any],
+        **options: Unpack[MapOptions],
+    ) -> list[Future[R]]: ...
 
-    async def map(  # type: ignore[misc]  # the channel overload is positional-only
-        self, fn: Callable[..., Any], *iterables: Any, **options: Any
-    ) -> Any:
+    async def map(self, fn: Callable[..., Any], *iterables: Any, **options: Any) -> Any:
         """``submit`` for each item of ``zip(*iterables)``, in order: a list of futures.
 
         Given one ``trio.abc.ReceiveChannel`` instead, it streams: a task per
         item (or future) received, and a channel of their futures in order
-        (``buffer=`` bounds it; see ``trioq.streams``).
+        (``buffer=`` bounds it; see ``trioq.streams``).  Typed: each item (or
+        a future's result) must suit ``fn``, and the futures are ``Future[R]``
+        for ``fn``'s result ``R``.
 
         Raises ``TypeError`` for an ``fn`` that is not callable or a receive
         channel given with anything else, and otherwise what ``submit``
@@ -191,11 +363,10 @@ class Client:
 
     @overload
     async def gather(
-        self, futures: trio.abc.ReceiveChannel[Future], *, buffer: int = ...
-    ) -> trio.abc.ReceiveChannel[Any]: ...
-
+        self, futures: ReceiveChannel[Future[T]], *, buffer: int = ...
+    ) -> ReceiveChannel[T]: ...
     @overload
-    async def gather(self, futures: Iterable[Future]) -> list[Any]: ...
+    async def gather(self, futures: Iterable[Future[T]]) -> list[T]: ...
 
     async def gather(self, futures: Any, *, buffer: int | None = None) -> Any:
         """The results of ``futures`` in order; raises the first error met.
@@ -221,16 +392,15 @@ class Client:
 
         return await gather(futures)
 
+    # The last overload overlaps the others: they are tried in order, as the code does.
     @overload
-    async def scatter(
-        self, data: trio.abc.ReceiveChannel[Any], *, buffer: int | None = None
-    ) -> trio.abc.ReceiveChannel[Future]: ...
-
+    async def scatter(  # type: ignore[overload-overlap]
+        self, data: ReceiveChannel[T], *, buffer: int | None = None
+    ) -> ReceiveChannel[Future[T]]: ...
     @overload
-    async def scatter(self, data: list[Any] | tuple[Any, ...]) -> list[Future]: ...
-
+    async def scatter(self, data: list[T] | tuple[T, ...]) -> list[Future[T]]: ...  # type: ignore[overload-overlap]
     @overload
-    async def scatter(self, data: Any) -> Future: ...
+    async def scatter(self, data: T) -> Future[T]: ...
 
     async def scatter(self, data: Any, *, buffer: int | None = None) -> Any:
         """Store data in the cluster as data futures (tasks given one receive its value).
@@ -258,7 +428,7 @@ class Client:
             return [await scatter_value(self._session, value) for value in data]
         return await scatter_value(self._session, data)
 
-    def as_completed(self, futures: Iterable[Future]) -> AsyncIterator[Future]:
+    def as_completed(self, futures: Iterable[Future[T]]) -> AsyncIterator[Future[T]]:
         """An async iterator over ``futures`` (all of this client) as they end.
 
         It follows the scheduler's notices and starts no task, so leaving it

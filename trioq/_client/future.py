@@ -12,13 +12,15 @@ Rules:
   pickled (``RemoteTaskError`` otherwise), with the remote traceback as a
   note.  A cancelled task raises ``TaskCancelledError``; one whose workers
   kept dying raises ``WorkerLostError``.
+* ``Future[T]`` is generic for type checkers only: ``T`` is the task's result
+  type, ``Any`` when left out (``Future`` alone is ``Future[Any]``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic
 
 import trio
 
@@ -34,16 +36,27 @@ from .._wire.serialize import Pickled, Serializer, note_reference, resolve_refer
 from .._wire.task_messages import Scatter, Submit, TaskCancel, TaskOutcome, TaskRelease, TaskResult
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from .session import Pending, Session
+
+    # A default (PEP 696) keeps a bare ``Future`` valid under ``--strict``.
+    T = TypeVar("T", default=Any)
+else:
+    from typing import TypeVar
+
+    T = TypeVar("T")  # typing.TypeVar takes a default only from Python 3.13
 
 __all__ = ["Future", "submit", "scatter_value", "map_tasks", "gather", "as_completed"]
 
 
-class Future:
+class Future(Generic[T]):
     """A task's eventual result.  ``await fut`` (or ``await fut.result()``) gets it.
 
     Made by ``Client.submit``, ``map`` and ``scatter``, or by reading one back
-    from an item, a value or a task argument; never directly.
+    from an item, a value or a task argument; never directly.  For type
+    checkers it is ``Future[T]``, ``T`` being what the task returns (what an
+    ``async def`` task's coroutine returns), so ``await fut`` is a ``T``.
     """
 
     def __init__(self, session: Session, key: str) -> None:
@@ -65,7 +78,7 @@ class Future:
         """True once the task has ended (as far as this client has heard); raises nothing."""
         return self.status != "pending"
 
-    async def result(self) -> Any:
+    async def result(self) -> T:
         """The task's return value, waiting for it.
 
         Raises the task's exception (``RemoteTaskError`` if it could not be
@@ -75,6 +88,32 @@ class Future:
         result that cannot be unpickled here.  If cancelled, the read is
         withdrawn and the task itself goes on.
         """
+        return self._unpack(await self._outcome())
+
+    async def exception(self) -> BaseException | None:
+        """Wait for the task to end; the exception it failed with, or None if it succeeded.
+
+        The exception is the one ``result`` would raise for a task that
+        failed: the task's own (``RemoteTaskError`` if it could not be
+        pickled, with the remote traceback as a note), or ``WorkerLostError``
+        if its workers kept dying.  A success is not unpickled.  Everything
+        that is not an outcome of running the task is raised, as ``result``
+        raises it: ``TaskCancelledError`` for a cancelled task (as
+        ``concurrent.futures`` raises ``CancelledError``), the refusal of its
+        submit, ``LookupError`` once it was released by every client holding
+        it, ``trio.BrokenResourceError`` for a broken connection.  If
+        cancelled, the read is withdrawn and the task itself goes on.
+        """
+        reply = await self._outcome()
+        self.status = reply.status
+        if reply.status == "finished":
+            return None
+        if reply.status == "cancelled":
+            raise self._failure(reply)
+        return self._failure(reply)
+
+    async def _outcome(self) -> TaskOutcome:
+        """Wait for the task's ``TaskOutcome`` (raises a refusal or a lost connection)."""
         session = self._session
         if self._refused is not None:
             await trio.lowlevel.checkpoint()
@@ -94,7 +133,7 @@ class Future:
             self._reads.discard(request_id)
         if self._refused is not None:  # the submit was refused: the read was withdrawn
             raise self._refused
-        return self._unpack(session.result(pending, TaskOutcome))
+        return session.result(pending, TaskOutcome)
 
     def _on_submitted(self, pending: Pending) -> None:
         """The scheduler's answer to the submit, which nobody awaited."""
@@ -111,7 +150,7 @@ class Future:
                 refused(exc)
             self._session.task_ended()
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, T]:
         return self.result().__await__()
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
@@ -148,10 +187,15 @@ class Future:
             del self._session.futures[self.key]
         await trio.lowlevel.checkpoint()
 
-    def _unpack(self, reply: TaskOutcome) -> Any:
+    def _unpack(self, reply: TaskOutcome) -> T:
         self.status = reply.status
         if reply.status == "finished":
-            return self._session.serializer.loads(reply.data)
+            value: T = self._session.serializer.loads(reply.data)
+            return value
+        raise self._failure(reply)
+
+    def _failure(self, reply: TaskOutcome) -> BaseException:
+        """The exception an outcome other than "finished" stands for."""
         if reply.status == "error":
             try:
                 error, type_name, text, remote_traceback = self._session.serializer.loads(
@@ -160,14 +204,17 @@ class Future:
             except SerializationError:  # the exception itself does not unpickle here
                 _, type_name, text, remote_traceback = Serializer().loads(reply.data)
                 error = None
-            if not isinstance(error, BaseException):
-                error = RemoteTaskError(f"{type_name}: {text}")
-            error.add_note(f"remote traceback:\n{remote_traceback}")
-            raise error
+            failure = (
+                error
+                if isinstance(error, BaseException)
+                else RemoteTaskError(f"{type_name}: {text}")
+            )
+            failure.add_note(f"remote traceback:\n{remote_traceback}")
+            return failure
         message = reply.data.decode(errors="replace")
         if reply.status == "cancelled":
-            raise TaskCancelledError(message)
-        raise WorkerLostError(message)
+            return TaskCancelledError(message)
+        return WorkerLostError(message)
 
 
 async def submit(
@@ -180,7 +227,7 @@ async def submit(
     key: str | None = None,
     _pickled_fn: Pickled | None = None,
     **kwargs: Any,
-) -> Future:
+) -> Future[Any]:
     """Run ``fn(*args, **kwargs)`` on a worker; see ``Client.submit``.
 
     ``_pickled_fn`` is ``fn`` already pickled (``map`` pickles it once).
@@ -232,7 +279,7 @@ def _pickle_function(fn: Callable[..., Any]) -> Pickled:
         raise SerializationError(f"cannot pickle the function {fn!r}: {exc}") from exc
 
 
-async def scatter_value(session: Session, value: Any, key: str | None = None) -> Future:
+async def scatter_value(session: Session, value: Any, key: str | None = None) -> Future[Any]:
     """Store ``value`` in the cluster as a finished future (a data future).
 
     Tasks given the future as an argument receive ``value``.  Like
@@ -255,7 +302,7 @@ async def scatter_value(session: Session, value: Any, key: str | None = None) ->
 
 async def map_tasks(
     session: Session, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any
-) -> list[Future]:
+) -> list[Future[Any]]:
     """One task per item (``zip`` of ``iterables``), in order; see ``Client.map``.
 
     The function is pickled once for the whole call (its arguments per task).
@@ -267,7 +314,7 @@ async def map_tasks(
     ]
 
 
-async def gather(futures: Iterable[Future]) -> list[Any]:
+async def gather(futures: Iterable[Future[T]]) -> list[T]:
     """The results of ``futures``, in order (raises the first error met).
 
     Every read is sent at once and the answers are taken in order, so N
@@ -295,7 +342,7 @@ async def gather(futures: Iterable[Future]) -> list[Any]:
         reads.append((request_id, session.pending[request_id]))
         future._reads.add(request_id)  # a refusal arriving later withdraws it
         future._watchers.add(changed.refused)
-    results: list[Any] = []
+    results: list[T] = []
     try:
         while len(results) < len(futures):
             if changed.error is not None:
@@ -344,7 +391,7 @@ def _forget(pending: Pending) -> None:
     """The answer to a withdrawn read: nobody wants it."""
 
 
-async def as_completed(futures: Iterable[Future]) -> AsyncIterator[Future]:
+async def as_completed(futures: Iterable[Future[T]]) -> AsyncIterator[Future[T]]:
     """Yield ``futures`` as they end, fastest first (all from one client).
 
     It follows the scheduler's "finished" notices, so it starts no tasks of

@@ -28,10 +28,18 @@ Rules:
   connection outlives the block, no task runs outside it.
 * Cancellation: a cancelled receive loses nothing (a value already taken
   stays with this end's next receive), a cancelled send either sent or not.
-* An end closes both directions at once, so an end that saw
-  ``EndOfChannel`` knows the peer is gone: when it closes too (and was
-  never pickled) it deletes the pipe's queues.  Ends that both close
-  without reading to the end leave them on the scheduler.
+* Once both ends are closed, wherever they are, the pipe leaves nothing on
+  the scheduler: its queues, its link variable and its close tally are
+  deleted by the end that closed last (``pipe_link.record_close`` tells it
+  which end that is).  An end counts as closed when a copy that was used
+  closes, or when the only copy closes unused; a copy closed after that
+  finds the pipe gone.  An end that is never closed (its process died, or
+  it was dropped) leaves the pipe in place.
+* An end read back by a trioq client (a queue's ``get``, a variable, a
+  channel, a task's result or argument) is bound to that client, as a
+  future read back is, when the client is connected to the end's scheduler
+  address; ``bind`` is for the other cases (``pickle.loads``, a client of
+  another address).
 
 Every operation is O(1) beyond the queue or link operation it makes.
 """
@@ -46,18 +54,22 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .._wire.serialize import decoding_owner
 from .current import current_session
 from .dial import open_session
-from .pipe_link import SWITCH, LinkMaker, is_switch
+from .pipe_link import SWITCH, LinkMaker, is_switch, record_close, remove_pipe_state
 from .queue import Queue
-from .session import session_of
+from .session import Session, session_of
 
 if TYPE_CHECKING:
     from .client import Client
     from .queue import QueueReceiveChannel, QueueSendChannel
-    from .session import Session
 
 __all__ = ["PipeEnd", "Pipe", "open_pipe"]
+
+#: Seconds a closing end may spend, even when cancelled, telling the scheduler it
+#: closed (and, if it closed last, deleting the pipe's state there).
+CLOSE_BOOKKEEPING = 2.0
 
 
 class PipeEnd(trio.abc.Channel[Any]):
@@ -89,7 +101,6 @@ class PipeEnd(trio.abc.Channel[Any]):
         self._receiver: QueueReceiveChannel | None = None
         self._closed = False
         self._pickled = False  # a copy may be in use elsewhere
-        self._ended = False  # this end's receive saw EndOfChannel
         self._stack: AsyncExitStack | None = None  # the connection ``async with`` opened
         # The direct link (see _pipe_link): which end this is, and how far it got.
         if send_queue is not None and receive_queue is not None:
@@ -255,19 +266,15 @@ class PipeEnd(trio.abc.Channel[Any]):
         maker = self._start_link(session)
         if self._receiver is None:
             self._receiver = self._queue(session, self._receive_name).open_receive_channel()
-        try:
-            if not self._switched_in:
-                value = await self._receiver.receive()
-                if not is_switch(value, self._pipe):
-                    return value
-                self._switched_in = True  # the sender sends over the link from now on
-            await maker.settled.wait()  # the peer had it up: ours is (or failed) at once
-            if maker.link is None:
-                raise trio.BrokenResourceError("the pipe's direct link failed as it was made")
-            return session.serializer.loads(await maker.link.receive())
-        except trio.EndOfChannel:
-            self._ended = True
-            raise
+        if not self._switched_in:
+            value = await self._receiver.receive()
+            if not is_switch(value, self._pipe):
+                return value
+            self._switched_in = True  # the sender sends over the link from now on
+        await maker.settled.wait()  # the peer had it up: ours is (or failed) at once
+        if maker.link is None:
+            raise trio.BrokenResourceError("the pipe's direct link failed as it was made")
+        return session.serializer.loads(await maker.link.receive())
 
     def _start_link(self, session: Session) -> LinkMaker:
         """The first use of the end starts making the direct link, in the background."""
@@ -286,10 +293,12 @@ class PipeEnd(trio.abc.Channel[Any]):
         The other end drains what was sent, then gets ``trio.EndOfChannel``;
         its sends raise ``trio.BrokenResourceError``.  An end that never sent,
         and was never pickled, still ends the other side's stream (this needs
-        its client: an unbound end outside a task closes only locally).  An
-        end closing after ``EndOfChannel`` deletes the pipe's queues (one
-        round trip each).  If cancelled, the end is closed all the same; only
-        the deletion may be skipped.
+        its client: an unbound end outside a task closes only locally).
+        Closing tells the scheduler (one round trip); the end that closes
+        last deletes the pipe's queues, link variable and close tally (a few
+        more).  If cancelled (an ``async with end:`` left by a cancellation,
+        say), the end is closed all the same and that bookkeeping still runs,
+        shielded, for at most ``CLOSE_BOOKKEEPING`` seconds.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -301,6 +310,8 @@ class PipeEnd(trio.abc.Channel[Any]):
         if session is None or session.closed or session.broken is not None:
             session = None  # nothing to tell the scheduler (or no way to)
         sole = not self._pickled
+        # This close counts for the pipe if this copy was used, or is the only one.
+        counts = session is not None and (self._maker is not None or sole)
         # Every endpoint closes without a checkpoint: a cancelled aclose closes them all.
         if self._sender is not None:
             self._sender.close()
@@ -310,11 +321,18 @@ class PipeEnd(trio.abc.Channel[Any]):
             self._receiver.close()
         elif self._receive_name is not None and sole and session is not None:
             self._queue(session, self._receive_name).open_receive_channel().close()
-        if self._ended and sole and session is not None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                for name in (self._send_name, self._receive_name):
-                    if name is not None:
-                        await self._queue(session, name).delete()
+        if counts:
+            assert session is not None
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(CLOSE_BOOKKEEPING),  # a scheduler that does not answer
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                if await record_close(session, self._pipe, self._role):
+                    for name in (self._send_name, self._receive_name):
+                        if name is not None:
+                            await self._queue(session, name).delete()
+                    await remove_pipe_state(session, self._pipe)
         await trio.lowlevel.checkpoint()
 
     def _queue(self, session: Session, name: str) -> Queue:
@@ -325,7 +343,18 @@ class PipeEnd(trio.abc.Channel[Any]):
 
 
 def _unpickle_end(address: str, send_queue: str | None, receive_queue: str | None) -> PipeEnd:
-    return PipeEnd(address, send_queue, receive_queue)
+    """The copy: bound to the client whose serializer reads it, if that client is
+    connected to the end's scheduler (see ``_reading_session``); else unbound."""
+    return PipeEnd(address, send_queue, receive_queue, _reading_session(address))
+
+
+def _reading_session(address: str) -> Session | None:
+    """The session whose serializer is reading the end now, if it is usable and
+    connected to ``address`` (an end of another scheduler stays unbound)."""
+    owner = decoding_owner()
+    if isinstance(owner, Session) and owner.address == address and owner.usable():
+        return owner
+    return None
 
 
 async def open_pipe(session: Session, duplex: bool = True) -> tuple[PipeEnd, PipeEnd]:

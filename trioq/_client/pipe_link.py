@@ -18,6 +18,12 @@ Rules:
   client's nursery under one cancel scope that closing the end cancels.
   Received frames wait in a bounded buffer; a slow receiver stops the
   reading, and TCP slows the sender (``wait_writable``).
+* Closing is tallied on the scheduler, so ends in different processes agree
+  on when the pipe is finished: an end that closes appends its role (0 or
+  1) to the pipe's ``PIPE/closed`` channel, and the close whose append
+  first puts both roles in that channel's sequence (there is exactly one,
+  since the scheduler orders the appends) reports it; that end then removes
+  the pipe's queues, its link variable and the tally (``remove_pipe_state``).
 """
 
 from __future__ import annotations
@@ -30,13 +36,22 @@ import trio
 
 from .._exceptions import AuthenticationError, ProtocolError
 from .._impl import core
+from .._wire.channel_messages import (
+    ChannelAppend,
+    ChannelAppended,
+    ChannelDelete,
+    ChannelItems,
+    ChannelOpen,
+    ChannelRead,
+)
+from .._wire.messages import Ok
 from .._wire.transport import FramedConnection
 from .variable import Variable
 
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["Link", "LinkMaker", "SWITCH", "is_switch"]
+__all__ = ["Link", "LinkMaker", "SWITCH", "is_switch", "record_close", "remove_pipe_state"]
 
 SWITCH = "trioq-pipe-switch"  # with the pipe's name: the marker a sender puts on its queue
 LINK_BUFFER = 64  # frames received and not yet taken
@@ -230,3 +245,40 @@ def _local_host(session: Session) -> str:
 def is_switch(value: Any, pipe: str) -> bool:
     """Is ``value`` the marker a sender of this pipe puts on its queue?"""
     return type(value) is tuple and len(value) == 2 and value == (SWITCH, pipe)
+
+
+# -- the close tally ------------------------------------------------------------------------
+
+
+def _tally(pipe: str) -> str:
+    return f"{pipe}/closed"
+
+
+def _ignore(pending: Any) -> None:
+    pass
+
+
+async def record_close(session: Session, pipe: str, role: int) -> bool:
+    """Tell the scheduler end ``role`` of ``pipe`` closed; True for the one close
+    that finds both ends closed (the caller then removes the pipe's state).
+
+    Two round trips at most (the append, then a read of the tally once it
+    holds two entries).  Raises ``trio.BrokenResourceError`` if the
+    connection broke or the tally was removed meanwhile.
+    """
+    name = _tally(pipe)
+    session.send_request(ChannelOpen(name, 0), late=_ignore)  # creates it, in order
+    data = session.serializer.dumps_item(role)
+    appended = await session.request(ChannelAppend(name, [data]), ChannelAppended)
+    if appended.end < 2:
+        return False  # the first close: the other end is still open
+    reply = await session.request(ChannelRead(name, 0, appended.end, False), ChannelItems)
+    roles = [session.serializer.loads(item) for item in reply.items[: appended.end - reply.first]]
+    both = {0, 1}
+    return both <= set(roles) and not both <= set(roles[:-1])  # ours is the last one
+
+
+async def remove_pipe_state(session: Session, pipe: str) -> None:
+    """Delete the pipe's link variable and its close tally (its queues are the end's)."""
+    await Variable(session, f"{pipe}/link").delete()
+    await session.request(ChannelDelete(_tally(pipe)), Ok)

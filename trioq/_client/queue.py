@@ -43,7 +43,6 @@ import trio
 
 from .._wire.messages import (
     Count,
-    EndpointClose,
     EndpointOpen,
     Items,
     Ok,
@@ -57,10 +56,14 @@ from .._wire.messages import (
     QueueSize,
     decode_reply,
 )
+from .current import attaching_session, client_of
+from .queue_channels import QueueReceiveChannel, QueueSendChannel, check_open
 from .queue_link import QueueLink, Waiter
 from .session import SCHEDULE_EVERY
+from .statistics import QueueStatistics, queue_statistics
 
 if TYPE_CHECKING:
+    from .client import Client
     from .session import Pending, Session
 
 __all__ = ["Queue", "QueueSendChannel", "QueueReceiveChannel", "SCHEDULE_EVERY"]
@@ -102,6 +105,13 @@ class Queue:
         if link is None:
             link = session.queue_links[name] = QueueLink(session, name, maxsize)
         self._link: QueueLink = link
+        # A maxsize the scheduler has not confirmed may be refused: until its
+        # verdict, this handle's puts and gets wait for it, and its endpoints
+        # are not counted, so a refused handle stores nothing (``_on_opened``).
+        self._ready = not maxsize or (link.confirmed and link.maxsize == maxsize)
+        self._verdict: trio.Event | None = None if self._ready else trio.Event()
+        self._refused: BaseException | None = None
+        self._unopened: list[tuple[QueueSendChannel | QueueReceiveChannel, str]] = []
         session.send_request(QueueOpen(name, maxsize), late=self._on_opened)
 
     @property
@@ -139,6 +149,7 @@ class Queue:
         data = session.serializer.dumps_item(item)
         if (
             (link.unlimited or link.credit > 0)
+            and self._ready
             and not link.unconfirmed_closes
             and link.error is None
             and session.broken is None
@@ -184,6 +195,7 @@ class Queue:
 
     async def _put(self, data: list[bytes], *, wait: bool) -> None:
         link = self._link
+        await self._opened()
         self._raise_deferred()
         await trio.lowlevel.checkpoint_if_cancelled()
         connection = self._session.connection
@@ -224,7 +236,7 @@ class Queue:
     async def _get_one(self, endpoint: QueueReceiveChannel | None) -> Any:
         link = self._link
         session = self._session
-        if link.buffer and session.broken is None and not session.closed:
+        if link.buffer and self._ready and session.broken is None and not session.closed:
             # Fast path: an item prefetched here (nobody waits: see QueueLink).
             await trio.lowlevel.checkpoint_if_cancelled()
             usable = True
@@ -269,13 +281,14 @@ class Queue:
         link = self._link
         session = self._session
         session.check_usable()
+        await self._opened()
         await trio.lowlevel.checkpoint_if_cancelled()
         if endpoint is None:
             link.released = False  # a plain get takes items here again
         if link.buffer and session.count_local_call(min(n, len(link.buffer))):
             await trio.lowlevel.cancel_shielded_checkpoint()
             session.check_usable()  # closed meanwhile: take nothing it cannot acknowledge
-            _check_open(endpoint)
+            check_open(endpoint)
         if link.buffer:
             taken = [link.buffer.popleft() for _ in range(min(n, len(link.buffer)))]
         elif not wait:
@@ -321,7 +334,7 @@ class Queue:
                     await self._fetch(n, wait=True)
                 else:
                     await waiter.event.wait()
-            _check_open(endpoint)
+            check_open(endpoint)
         except BaseException:
             link.waiters.remove(waiter)
             if waiter.items:
@@ -378,6 +391,14 @@ class Queue:
         session.send_request(QueueGet(link.name, want, False), late=arrived)
 
     # -- other operations ---------------------------------------------------------------
+
+    async def statistics(self) -> QueueStatistics:
+        """The queue's figures in trio's shape, cluster-wide, with queued and leased apart.
+
+        One round trip (trio's is a plain call: a memory channel is local).
+        Raises ``trio.BrokenResourceError`` if the queue was deleted.
+        """
+        return await queue_statistics(self)
 
     async def qsize(self) -> int:
         """Items put and not yet consumed (including ones prefetched by clients).
@@ -439,168 +460,57 @@ class Queue:
         if error is not None:
             raise error
 
+    async def _opened(self) -> None:
+        """Wait for the scheduler's verdict on this handle's ``maxsize``; raise its refusal."""
+        if self._verdict is not None:
+            await self._verdict.wait()
+        if self._refused is not None:
+            raise self._refused
+
     def _on_opened(self, pending: Pending) -> None:
-        if pending.op == 0:
-            return  # the connection broke: every later call says so
         try:
-            info = self._session.result(pending, QueueInfo)
-        except Exception as exc:
-            self._link.error = exc
-            return
-        self._link.on_info(info.maxsize, info.accepting)
-
-
-class QueueSendChannel(trio.abc.SendChannel[Any]):
-    """A ``trio.abc.SendChannel`` that puts into a named queue.
-
-    Every open send endpoint in the cluster is counted by the scheduler;
-    when the last one closes (or its client vanishes), receivers drain the
-    queue and then get ``trio.EndOfChannel``.
-    """
-
-    def __init__(self, queue: Queue) -> None:
-        self._queue = queue
-        self._closed = False
-        self._sending: set[trio.CancelScope] = set()  # sends waiting on this endpoint
-        queue._session.send_oneway(EndpointOpen(queue.name, "send"))
-
-    async def send(self, value: Any) -> None:
-        """Put ``value`` (see ``Queue.put``, whose errors it raises).
-
-        Raises ``trio.ClosedResourceError`` if this endpoint was closed,
-        also when another task closes it while this send waits for room
-        (then the value was not put).
-        """
-        if self._closed:
-            raise trio.ClosedResourceError("this send endpoint was closed")
-        with trio.CancelScope() as scope:
-            self._sending.add(scope)
+            if pending.op == 0:
+                return  # the connection broke: every later call says so
             try:
-                await self._queue.put(value)
+                info = self._session.result(pending, QueueInfo)
+            except Exception as exc:
+                self._refused = exc  # this handle's, never another's
                 return
-            finally:
-                self._sending.discard(scope)
-        raise trio.ClosedResourceError("this send endpoint was closed while send waited")
+            self._link.on_info(info.maxsize, info.accepting)
+            self._ready = True
+            for endpoint, kind in self._unopened:
+                if not endpoint._closed:
+                    self._count_endpoint(endpoint, kind)
+        finally:
+            self._unopened = []
+            if self._verdict is not None:
+                self._verdict.set()
 
-    def clone(self) -> QueueSendChannel:
-        """Another send endpoint, counted separately (close each one).
+    def _open_endpoint(self, endpoint: QueueSendChannel | QueueReceiveChannel, kind: str) -> None:
+        """Count a new endpoint now, or once the verdict on ``maxsize`` says it may be."""
+        if self._ready:
+            self._count_endpoint(endpoint, kind)
+        elif self._refused is None:
+            self._unopened.append((endpoint, kind))
 
-        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
-        """
-        if self._closed:
-            raise trio.ClosedResourceError("this send endpoint was closed")
-        return QueueSendChannel(self._queue)
+    def _count_endpoint(self, endpoint: QueueSendChannel | QueueReceiveChannel, kind: str) -> None:
+        endpoint._counted = True
+        self._session.send_oneway(EndpointOpen(self.name, kind))
+        if kind == "receive":
+            self._link.receivers += 1
+            self._link.released = False
 
-    async def aclose(self) -> None:
-        """Close this endpoint (idempotent); the scheduler counts it as gone.
+    # -- in other processes (see "Handles in other processes" in docs/queues.rst) ----
 
-        Sends of this endpoint still waiting raise ``trio.ClosedResourceError``
-        (their values are not put).  Waits for nothing and raises nothing; on
-        a client that is closed or broken it only closes locally (the
-        scheduler counted it gone already).
-        """
-        self.close()
-        await trio.lowlevel.checkpoint()
+    @property
+    def client(self) -> Client:
+        """The ``trioq.Client`` whose connection this handle uses."""
+        return client_of(self._session)
 
-    def close(self) -> None:
-        """``aclose`` without the checkpoint, like a memory channel's ``close``."""
-        if not self._closed:
-            self._closed = True
-            for scope in self._sending:
-                scope.cancel()
-            _close_endpoint(self._queue, "send")
+    def __reduce__(self) -> tuple[Any, tuple[str, int, int]]:
+        """Pickled, its name, ``maxsize`` and ``prefetch`` (see ``attaching_session``)."""
+        return Queue._unpickle, (self.name, self.maxsize, self._prefetch)
 
-
-class QueueReceiveChannel(trio.abc.ReceiveChannel[Any]):
-    """A ``trio.abc.ReceiveChannel`` that gets from a named queue.
-
-    Counted like send endpoints: once every receive endpoint is closed,
-    sending raises ``trio.BrokenResourceError``.
-    """
-
-    def __init__(self, queue: Queue) -> None:
-        self._queue = queue
-        self._closed = False
-        self._receiving: set[trio.CancelScope] = set()  # receives waiting on this endpoint
-        queue._session.send_oneway(EndpointOpen(queue.name, "receive"))
-        queue._link.receivers += 1
-        queue._link.released = False
-
-    async def receive(self) -> Any:
-        """Get an item (see ``Queue.get``, whose errors it raises).
-
-        Raises ``trio.EndOfChannel`` once the last sender closed and the
-        queue is empty, ``trio.ClosedResourceError`` if this endpoint was
-        closed, also when another task closes it while this receive waits
-        (the item it would have got goes to another receiver).
-        """
-        if self._closed:
-            raise trio.ClosedResourceError("this receive endpoint was closed")
-        with trio.CancelScope() as scope:
-            self._receiving.add(scope)
-            try:
-                return await self._queue._get_one(self)
-            finally:
-                self._receiving.discard(scope)
-        raise trio.ClosedResourceError("this receive endpoint was closed while receive waited")
-
-    def clone(self) -> QueueReceiveChannel:
-        """Another receive endpoint, counted separately (close each one).
-
-        Raises ``trio.ClosedResourceError`` if this endpoint was closed.
-        """
-        if self._closed:
-            raise trio.ClosedResourceError("this receive endpoint was closed")
-        return QueueReceiveChannel(self._queue)
-
-    async def aclose(self) -> None:
-        """Close this endpoint (idempotent); the scheduler counts it as gone.
-
-        Receives of this endpoint still waiting raise
-        ``trio.ClosedResourceError``.  When it is this client's last receive
-        endpoint on the queue, the items prefetched here go back to the
-        queue, and this client's next put on the queue asks the scheduler
-        (so a put after the last receiver in the cluster closed raises
-        ``trio.BrokenResourceError`` at once).  Waits for nothing and raises
-        nothing.
-        """
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    def close(self) -> None:
-        """``aclose`` without the checkpoint, like a memory channel's ``close``."""
-        if self._closed:
-            return
-        self._closed = True
-        for scope in self._receiving:
-            scope.cancel()
-        queue = self._queue
-        link = queue._link
-        link.receivers -= 1
-        if link.receivers:
-            _close_endpoint(queue, "receive")
-            return
-        # The last local receiver is gone: give prefetched items back now, so the
-        # stream's other receivers get them (and its end).
-        link.released = True
-        if not link.waiters:
-            link.give_back()
-        session = queue._session
-        if session.usable():
-            # Until the scheduler answers, puts here ask it: it may say nobody reads.
-            link.unconfirmed_closes += 1
-
-            def answered(pending: Pending) -> None:
-                link.unconfirmed_closes -= 1
-
-            session.send_request(EndpointClose(queue.name, "receive"), late=answered)
-
-
-def _check_open(endpoint: QueueReceiveChannel | None) -> None:
-    if endpoint is not None and endpoint._closed:
-        raise trio.ClosedResourceError("this receive endpoint was closed while receive waited")
-
-
-def _close_endpoint(queue: Queue, kind: str) -> None:
-    if queue._session.usable():  # else the scheduler counts them closed with the client
-        queue._session.send_oneway(EndpointClose(queue.name, kind))
+    @staticmethod
+    def _unpickle(name: str, maxsize: int, prefetch: int) -> Queue:
+        return Queue(attaching_session(f"trioq.Queue {name!r}"), name, maxsize, prefetch=prefetch)

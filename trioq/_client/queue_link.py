@@ -68,6 +68,7 @@ class QueueLink:
         "returns_after_top_up",
         "unconfirmed_closes",
         "last_touched",
+        "confirmed",
         "session",
     )
 
@@ -87,6 +88,7 @@ class QueueLink:
         self.returns_after_top_up: list[int] = []  # returned with the top-up's leases, in order
         self.unconfirmed_closes = 0  # receive endpoint closes the scheduler has not answered
         self.last_touched = trio.current_time()  # when a get last took from ``buffer``
+        self.confirmed = False  # ``maxsize`` is the scheduler's (an open was answered)
 
     # -- credit ------------------------------------------------------------------------
 
@@ -97,6 +99,7 @@ class QueueLink:
 
     def on_info(self, maxsize: int, accepting: bool) -> None:
         self.maxsize = maxsize
+        self.confirmed = True
         self.unlimited = maxsize == 0 and accepting
 
     def on_credit(self, credit: int, action: str) -> int | None:
@@ -191,3 +194,17 @@ class QueueLink:
             self.give_back()
             return False
         return True
+
+
+async def return_idle_leases(session: Session) -> None:
+    """Runs with a session: gives back items prefetched and left untouched.
+
+    A consumer that stops calling ``get`` (its task ended, it moved on)
+    would otherwise hold them until it closes, out of every other
+    consumer's reach.
+    """
+    while True:
+        await trio.sleep(IDLE_RETURN / 2)
+        now = trio.current_time()
+        for link in session.queue_links.values():
+            link.return_if_idle(now)

@@ -34,6 +34,7 @@ import trio
 
 from .._exceptions import ProtocolError, RemoteProtocolError, refusal
 from .._impl import core
+from .._wire.flow_messages import Barrier, BarrierDone, LeaseRecall
 from .._wire.messages import (
     FLAG_AWAITED,
     Cancel,
@@ -54,6 +55,7 @@ from .._wire.task_messages import TaskAbort, TaskAssign, TaskFinished, TaskWatch
 from .._wire.transport import FramedConnection
 from .future import Future
 from .outbox import Outbox
+from .queue_link import return_idle_leases
 
 if TYPE_CHECKING:
     from .simple_queue import SimpleQueue
@@ -69,6 +71,7 @@ CancelMode = Literal["abandon", "withdraw", "outcome"]
 SCHEDULE_EVERY = 16
 VERDICT_TIMEOUT = 10.0  # seconds a cancelled call waits for the scheduler's verdict
 CLOSE_TIMEOUT = 5.0  # seconds a closing client waits for the scheduler to finish
+ENDED_KEPT = 4096  # task ends kept for futures not read yet (older ones: TaskWatch tells)
 
 
 class Pending:
@@ -115,11 +118,14 @@ class Session:
         self.broken: BaseException | None = None
         self.closed = False
         self.done = trio.Event()  # set when run() has ended
-        self.serializer = full_serializer()
+        self.serializer = full_serializer(owner=self)  # unpickled handles attach here
         self.serializer.register_reference(Future, _key_of)
         self.serializer.resolver = self.adopt_future
         self.queue_links: dict[str, Any] = {}
         self.futures: weakref.WeakValueDictionary[str, Future] = weakref.WeakValueDictionary()
+        #: How tasks ended that the scheduler reported before this client made
+        #: a future of them (it does, ahead of an item referring to one): by key.
+        self.ended: dict[str, str] = {}
         self.task_change = trio.Event()  # set (and replaced) when a task of ours ends
         self.nursery: trio.Nursery | None = None  # set by open_session: stream stages run in it
         self.push_links: dict[str, SimpleQueue] = {}  # push consumers, by queue name
@@ -337,11 +343,23 @@ class Session:
             future = self.futures.get(notice.key)
             if future is not None:
                 future.status = notice.status
+            else:  # ahead of an item referring to it: adopt_future takes it
+                self.ended[notice.key] = notice.status
+                if len(self.ended) > ENDED_KEPT:  # items given back unread leave some
+                    del self.ended[next(iter(self.ended))]
             self.task_ended()
         elif isinstance(notice, (TaskAssign, TaskAbort)):
             if self.task_handler is None:
                 raise RemoteProtocolError("the scheduler sent a task to a client, not a worker")
             self.task_handler(notice)
+        elif isinstance(notice, Barrier):
+            # Everything sent so far is ahead of this answer on the connection.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self.send_oneway(BarrierDone(notice.number))
+        elif isinstance(notice, LeaseRecall):
+            link = self.queue_links.get(notice.queue)
+            if link is not None:
+                link.recall()
         elif isinstance(notice, ErrorNotice):
             link = self.queue_links.get(notice.queue)
             if link is not None:
@@ -354,6 +372,7 @@ class Session:
         future = self.futures.get(key)
         if future is None:
             future = self.futures[key] = Future(self, key)
+            future.status = self.ended.pop(key, future.status)  # known at once if it ended
             if not self.connection.is_broken:
                 self.send_oneway(TaskWatch(key))
         return future
@@ -369,6 +388,7 @@ class Session:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.connection.run_writer)
                 nursery.start_soon(self.outbox.run_ack_timer)
+                nursery.start_soon(return_idle_leases, self)
                 try:
                     await self.connection.run_reader(self.on_frame)
                     if not self.closed:

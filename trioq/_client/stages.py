@@ -20,6 +20,7 @@ from .._exceptions import collapse_single_groups
 from .._wire.serialize import Pickled
 from .._wire.task_messages import TaskCancel, TaskOutcome, TaskRelease, TaskResult
 from .future import Future, _forget, _pickle_function, scatter_value, submit
+from .statistics import ChannelStatistics
 
 if TYPE_CHECKING:
     from .session import Pending, Session
@@ -57,11 +58,27 @@ class _Output(trio.abc.ReceiveChannel[Any]):
     ) -> None:
         self._inner = inner
         self._pump = pump
+        self._peak = 0  # the most buffered at once (it only grows between receives)
 
     async def receive(self) -> Any:
         """The next value; raises the error at its place, or ``trio.EndOfChannel``."""
+        self._peak = max(self._peak, self._inner.statistics().current_buffer_used)
         result = await self._inner.receive()
         return result.unwrap()
+
+    def statistics(self) -> ChannelStatistics:
+        """trio's memory-channel figures for this output, and ``peak_buffer_used``."""
+        inner = self._inner.statistics()
+        self._peak = max(self._peak, inner.current_buffer_used)
+        return ChannelStatistics(
+            current_buffer_used=inner.current_buffer_used,
+            max_buffer_size=inner.max_buffer_size,
+            open_send_channels=inner.open_send_channels,
+            open_receive_channels=inner.open_receive_channels,
+            tasks_waiting_send=inner.tasks_waiting_send,
+            tasks_waiting_receive=inner.tasks_waiting_receive,
+            peak_buffer_used=self._peak,
+        )
 
     async def aclose(self) -> None:
         """Tear the stage down (see the class)."""

@@ -3,7 +3,9 @@
 Rules: a variable holds one serialized value; ``get`` waits until one is
 set.  A cancelled ``get`` has no effect (its parked read is withdrawn).
 Deadlines come from cancel scopes; ``get(timeout=...)`` is a thin
-``trio.fail_after`` wrapper kept for dask familiarity.
+``trio.fail_after`` wrapper kept for dask familiarity.  A handle pickles as
+its name and attaches, unpickled, to the client that reads it (see
+``current.attaching_session``), as dask's does by name.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._wire.messages import Ok, Value, VariableDelete, VariableGet, VariableSet
+from .current import attaching_session, client_of
 
 if TYPE_CHECKING:
+    from .client import Client
     from .session import Session
 
 __all__ = ["Variable"]
@@ -23,7 +27,9 @@ __all__ = ["Variable"]
 class Variable:
     """A named value every client can set and read.  Create it with ``client.variable(name)``.
 
-    Raises ``TypeError`` for a name that is not a str.
+    Raises ``TypeError`` for a name that is not a str.  It pickles (in an
+    item, a value, a task's arguments, with ``pickle``) as its name; the
+    copy attaches to the client that unpickles it (see ``__reduce__``).
     """
 
     def __init__(self, session: Session, name: str) -> None:
@@ -34,6 +40,25 @@ class Variable:
 
     def __repr__(self) -> str:
         return f"<trioq.Variable {self.name!r}>"
+
+    @property
+    def client(self) -> Client:
+        """The ``trioq.Client`` whose connection this handle uses."""
+        return client_of(self._session)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled, a variable is its name.
+
+        Unpickled by a trioq client (read from a queue or variable, as a
+        task's argument or result) it attaches to that client; by plain
+        ``pickle.loads`` to the client of the trioq task running it; with
+        neither, unpickling raises ``RuntimeError``.
+        """
+        return Variable._unpickle, (self.name,)
+
+    @staticmethod
+    def _unpickle(name: str) -> Variable:
+        return Variable(attaching_session(f"trioq.Variable {name!r}"), name)
 
     async def set(self, value: Any) -> None:
         """Set the value; readers waiting for one get it.

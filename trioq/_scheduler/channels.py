@@ -1,4 +1,4 @@
-"""Replayable channels in the scheduler (sans-IO): append, read from any point, stop.
+"""Replayable channels in the scheduler (sans-IO): append, read from any point, stop, delete.
 
 Rules:
 
@@ -13,6 +13,12 @@ Rules:
 * Elements that refer to futures keep those tasks alive while retained
   (trimming releases them); the connection an element is handed to holds
   them from then on (see ``TaskBoard.keep_item``).
+* Deleting a channel forgets it and its elements (releasing their futures)
+  and fails its parked reads with "BrokenResourceError"; deleting one that
+  does not exist is no error.  A request on a name the board does not hold
+  (deleted, or never opened) fails with "BrokenResourceError" too, as a
+  deleted queue's do; a ``ChannelOpen`` creates the name afresh, numbered
+  from 0 again.
 
 Complexity: O(1) per element appended, trimmed or read (the retained
 elements sit in a list with a moving head, compacted now and then).
@@ -26,6 +32,8 @@ from typing import Any, ClassVar
 
 from .._wire.channel_messages import (
     ChannelAppend,
+    ChannelAppended,
+    ChannelDelete,
     ChannelInfo,
     ChannelItems,
     ChannelOpen,
@@ -33,7 +41,7 @@ from .._wire.channel_messages import (
     ChannelStop,
 )
 from .._wire.messages import ITEM_OVERHEAD, Message, Ok
-from .instructions import Out, Reply, StateError, check_sizes
+from .instructions import Fail, Out, Reply, StateError, check_sizes
 from .tasks import TaskBoard
 
 __all__ = ["ChannelBoard"]
@@ -68,6 +76,7 @@ class ChannelBoard:
         ChannelAppend,
         ChannelRead,
         ChannelStop,
+        ChannelDelete,
     )
 
     def __init__(
@@ -85,16 +94,21 @@ class ChannelBoard:
         """Apply a request; returns the channel's name if the request parked."""
         if isinstance(message, ChannelOpen):
             channel = self._open(message)
-            out.append(Reply(conn, rid, ChannelInfo(channel.maxlen, channel.stopped)))
+            info = ChannelInfo(channel.maxlen, channel.stopped, len(channel))
+            out.append(Reply(conn, rid, info))
         elif isinstance(message, ChannelAppend):
-            self._append(self._channel(message.channel), message.items, out)
-            out.append(Reply(conn, rid, Ok()))
+            channel = self._channel(message.channel)
+            self._append(channel, message.items, out)
+            out.append(Reply(conn, rid, ChannelAppended(len(channel), channel.end)))
         elif isinstance(message, ChannelRead):
             return self._read(conn, rid, message, out)
         elif isinstance(message, ChannelStop):
             channel = self._channel(message.channel)
             channel.stopped = True
             self._serve(channel, out)
+            out.append(Reply(conn, rid, Ok()))
+        elif isinstance(message, ChannelDelete):
+            self._delete(message.channel, out)
             out.append(Reply(conn, rid, Ok()))
         return None
 
@@ -127,7 +141,9 @@ class ChannelBoard:
     def _channel(self, name: str) -> _Channel:
         channel = self._channels.get(name)
         if channel is None:
-            raise StateError("LookupError", f"channel {name!r} was never opened")
+            raise StateError(
+                "BrokenResourceError", f"channel {name!r} does not exist (it was deleted)"
+            )
         return channel
 
     def _append(self, channel: _Channel, items: list[bytes], out: Out) -> None:
@@ -141,6 +157,18 @@ class ChannelBoard:
         if channel.maxlen and len(channel) > channel.maxlen:
             self._trim(channel, len(channel) - channel.maxlen)
         self._serve(channel, out)
+
+    def _delete(self, name: str, out: Out) -> None:
+        channel = self._channels.pop(name, None)
+        if channel is None:
+            return  # deleted already (or never opened): nothing to do
+        for item in channel.elements[channel.head :]:
+            self._tasks.release_item(item)
+        text = f"channel {name!r} was deleted"
+        for conn, rid in channel.readers:
+            self._answered(conn, rid)
+            out.append(Fail(conn, rid, "BrokenResourceError", text))
+        channel.readers.clear()
 
     def _trim(self, channel: _Channel, n: int) -> None:
         elements = channel.elements

@@ -14,7 +14,7 @@ from typing import ClassVar, Protocol
 
 from .._wire.messages import Message
 
-__all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "Board", "check_sizes"]
+__all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "UnknownKey", "Board", "check_sizes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,14 @@ class StateError(Exception):
     def __init__(self, kind: str, text: str) -> None:
         super().__init__(text)
         self.kind = kind
+
+
+class UnknownKey(StateError):
+    """A reference to a task the scheduler does not know: never submitted,
+    released, or submitted by a connection whose frames are not all in yet."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("LookupError", f"no task {key!r} (never submitted, or released)")
 
 
 def check_sizes(what: str, items: list[bytes], limit: int) -> None:

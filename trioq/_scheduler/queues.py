@@ -29,11 +29,31 @@ from typing import Any
 from .._wire.messages import CreditNotice
 from .instructions import Notice, Out
 
-__all__ = ["CREDIT_WINDOW", "QueueRecord", "ConnRecord", "Subscriber", "end_pushed_lease"]
+__all__ = [
+    "CREDIT_WINDOW",
+    "QueueRecord",
+    "ConnRecord",
+    "Subscriber",
+    "end_lease",
+    "broken_text",
+    "closed_text",
+]
 
 CREDIT_WINDOW = 64  # most put credit one connection holds for one queue
 
 _revocations = itertools.count(1)  # numbers every credit revocation, process-wide
+
+_AFRESH = "; both ends are final: delete the queue (queue.delete()) to use its name afresh"
+
+
+def broken_text(name: str) -> str:
+    """Why a put on a broken queue is refused, and how to start over."""
+    return f"every receive endpoint of queue {name!r} is closed{_AFRESH}"
+
+
+def closed_text(name: str) -> str:
+    """Why a put or a new send endpoint on a closed queue is refused, and how to start over."""
+    return f"queue {name!r} was closed by its last send endpoint{_AFRESH}"
 
 
 @dataclass(slots=True)
@@ -67,6 +87,8 @@ class QueueRecord:
     closed: bool = False  # its last send endpoint closed
     broken: bool = False  # its last receive endpoint closed
     pushees: dict[int, Subscriber] = field(default_factory=dict)
+    pulled: dict[int, set[int]] = field(default_factory=dict)  # conn -> leases got by a get
+    peak: int = 0  # the most items queued and leased at once
     push_turn: deque[int] = field(default_factory=deque)  # subscribers, next served first
 
     def room(self) -> int:
@@ -80,6 +102,7 @@ class QueueRecord:
             "size": len(self.items),
             "maxsize": self.maxsize,
             "leased": self.leased,
+            "peak": self.peak,
             "getters": len(self.getters),
             "putters": len(self.putters),
             "senders": self.senders,
@@ -176,8 +199,13 @@ class ConnRecord:
     endpoints: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
-def end_pushed_lease(queue: QueueRecord, conn: int, lease: int) -> None:
+def end_lease(queue: QueueRecord, conn: int, lease: int) -> None:
     """A lease ended (consumed or returned): a pushed one frees a place in its window."""
     subscriber = queue.pushees.get(conn)
     if subscriber is not None:
         subscriber.pushed.discard(lease)
+    pulled = queue.pulled.get(conn)
+    if pulled is not None:
+        pulled.discard(lease)
+        if not pulled:
+            del queue.pulled[conn]

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from .._wire.flow_messages import BarrierDone, LeaseRecall, QueueStatistics, QueueStats
 from .._wire.messages import (
-    ITEM_OVERHEAD,
     REPLY_OVERHEAD,
     Ack,
     Cancel,
@@ -43,10 +43,8 @@ from .._wire.messages import (
     EndpointClose,
     EndpointOpen,
     ErrorNotice,
-    Items,
     Message,
     Ok,
-    Pushed,
     PutDone,
     QueueDelete,
     QueueGet,
@@ -60,14 +58,18 @@ from .._wire.messages import (
     Status,
     StatusReport,
 )
+from .barriers import Barriers
 from .channels import ChannelBoard
-from .instructions import Board, Fail, Notice, Out, Reply, StateError, check_sizes
+from .instructions import Board, Fail, Notice, Out, Reply, StateError, UnknownKey, check_sizes
+from .queue_flow import QueueFlow
 from .queues import (
     CREDIT_WINDOW,
     ConnRecord,
     QueueRecord,
     Subscriber,
-    end_pushed_lease,
+    broken_text,
+    closed_text,
+    end_lease,
 )
 from .tasks import TaskBoard
 from .variables import VariableBoard
@@ -75,8 +77,10 @@ from .variables import VariableBoard
 __all__ = ["Reply", "Fail", "Notice", "Out", "StateError", "SchedulerState", "CREDIT_WINDOW"]
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024 - REPLY_OVERHEAD
 
+_LEAVE = object()  # held in place of a disconnect that waits for a barrier
 
-class SchedulerState:
+
+class SchedulerState(QueueFlow):
     """All named state of one scheduler, driven by requests from connections."""
 
     def __init__(
@@ -94,6 +98,8 @@ class SchedulerState:
         self.tasks = TaskBoard(dispatch, prefetch, answered=self._answered)
         self.channels = ChannelBoard(self.tasks, max_item_bytes, answered=self._answered)
         self.variables = VariableBoard(self.tasks, max_item_bytes, answered=self._answered)
+        self.barriers = Barriers()
+        self._leaving: set[int] = set()  # gone, but held: their disconnect waits for a barrier
 
     # -- connections -----------------------------------------------------------
 
@@ -104,8 +110,24 @@ class SchedulerState:
         self._conns[conn] = ConnRecord(name, address)
 
     def disconnect(self, conn: int) -> Out:
-        """A connection is gone: return its leases, release its credit and endpoints."""
+        """A connection is gone: return its leases, release its credit and endpoints.
+
+        If that ends a stream (its last endpoint of a kind), the end waits for
+        a barrier first (see ``barriers``): others may have opened endpoints.
+        """
+        out: Out = []
+        if self.barriers.holds(conn):
+            self._replay(conn, out, force=True)  # what it sent before leaving comes first
+        self._release(self.barriers.left(conn), out)
+        if self._ends_a_stream(conn) and self.barriers.hold(conn, 0, _LEAVE, self._askable(), out):
+            self._leaving.add(conn)
+            return out
+        out.extend(self._disconnect_now(conn))
+        return out
+
+    def _disconnect_now(self, conn: int) -> Out:
         state = self._conns.pop(conn)
+        self._leaving.discard(conn)
         out: Out = []
         touched = self._restore_leases(state.leases)
         for rid, (kind, name) in state.parked.items():
@@ -114,6 +136,7 @@ class SchedulerState:
         for queue in self._queues.values():
             queue.openers.discard(conn)
             queue.revoking.pop(conn, None)
+            queue.pulled.pop(conn, None)
             if queue.pushees.pop(conn, None) is not None:
                 queue.push_turn.remove(conn)
             if queue.reserved.get(conn, 0):
@@ -137,10 +160,31 @@ class SchedulerState:
     # -- requests ----------------------------------------------------------------
 
     def handle(self, conn: int, request_id: int, message: Message) -> Out:
-        """Apply one request; return what to send."""
+        """Apply one request; return what to send.
+
+        A request of a connection held behind a barrier waits there (see
+        ``barriers``); ``BarrierDone`` answers are applied at once.
+        """
+        if isinstance(message, BarrierDone):
+            out: Out = []
+            self._release(self.barriers.answered(conn, message.number), out)
+            return out
+        if self.barriers.holds(conn):
+            self.barriers.defer(conn, request_id, message)
+            return []
+        return self._apply(conn, request_id, message, replay=False)
+
+    def _apply(self, conn: int, request_id: int, message: Message, *, replay: bool) -> Out:
         out: Out = []
         handler = self._HANDLERS.get(type(message))
         try:
+            if (
+                not replay
+                and isinstance(message, EndpointClose)
+                and self._would_end(conn, message)
+                and self.barriers.hold(conn, request_id, message, self._askable(), out)
+            ):
+                return out  # the last endpoint of a kind: others may be opening one
             if message.may_park():
                 self._check_fresh(conn, request_id)  # before anything changes
             if isinstance(message, TaskBoard.MESSAGES):
@@ -156,13 +200,63 @@ class SchedulerState:
             self.tasks.settle(out)  # tasks this request left unheld are cancelled
             if not request_id:  # one-way: the sender wants no answer
                 out = [o for o in out if not (isinstance(o, Reply) and o.request_id == 0)]
+        except UnknownKey as exc:
+            held: Out = []
+            if not replay and self.barriers.hold(conn, request_id, message, self._askable(), held):
+                return held  # its submit may be on its way from another connection
+            self._refuse(conn, request_id, message, exc, out)
         except StateError as exc:
-            if request_id:
-                out.append(Fail(conn, request_id, exc.kind, str(exc)))
-            elif isinstance(getattr(message, "queue", None), str):  # one-way: say it aside
-                notice = ErrorNotice(message.queue, exc.kind, str(exc))  # type: ignore[attr-defined]
-                out.append(Notice(conn, notice))
+            self._refuse(conn, request_id, message, exc, out)
         return out
+
+    @staticmethod
+    def _refuse(conn: int, request_id: int, message: Message, exc: StateError, out: Out) -> None:
+        if request_id:
+            out.append(Fail(conn, request_id, exc.kind, str(exc)))
+        elif isinstance(getattr(message, "queue", None), str):  # one-way: say it aside
+            notice = ErrorNotice(message.queue, exc.kind, str(exc))  # type: ignore[attr-defined]
+            out.append(Notice(conn, notice))
+
+    # -- barriers ------------------------------------------------------------------
+
+    def _askable(self) -> list[int]:
+        """Connections that can answer a barrier."""
+        return [conn for conn in self._conns if conn not in self._leaving]
+
+    def _release(self, conns: list[int], out: Out) -> None:
+        for conn in conns:
+            self._replay(conn, out)
+
+    def _replay(self, conn: int, out: Out, *, force: bool = False) -> None:
+        """Run what ``conn`` held, in order, until done or held again (never if ``force``)."""
+        held = self.barriers.release(conn)
+        replay = True  # the first one caused the hold: it is not held again
+        while held:
+            rid, message = held.popleft()
+            if message is _LEAVE:
+                out.extend(self._disconnect_now(conn))
+                return
+            out.extend(self._apply(conn, rid, message, replay=replay or force))
+            replay = False
+            if self.barriers.holds(conn):
+                self.barriers.requeue(conn, held)
+                return
+
+    def _would_end(self, conn: int, msg: EndpointClose) -> bool:
+        """Would this close leave the queue without endpoints of its kind?"""
+        queue = self._queues.get(msg.queue)
+        if queue is None or not self._conns[conn].endpoints.get((msg.queue, msg.kind)):
+            return False
+        return (queue.senders if msg.kind == "send" else queue.receivers) == 1
+
+    def _ends_a_stream(self, conn: int) -> bool:
+        """Would this connection's leaving close a queue's last endpoint of a kind?"""
+        for (name, kind), count in self._conns[conn].endpoints.items():
+            queue = self._queues.get(name)
+            held = 0 if queue is None else (queue.senders if kind == "send" else queue.receivers)
+            if count and held and held <= count:
+                return True
+        return False
 
     def _handle_board(
         self,
@@ -203,13 +297,9 @@ class SchedulerState:
     def _on_queue_put(self, conn: int, rid: int, msg: QueuePut, out: Out) -> None:
         queue = self._queue(msg.queue)
         if queue.broken:
-            raise StateError(
-                "BrokenResourceError", f"every receive endpoint of queue {msg.queue!r} is closed"
-            )
+            raise StateError("BrokenResourceError", broken_text(msg.queue))
         if queue.closed:
-            raise StateError(
-                "ClosedResourceError", f"queue {msg.queue!r} was closed by its last send endpoint"
-            )
+            raise StateError("ClosedResourceError", closed_text(msg.queue))
         self.tasks.check_items(msg.items)
         n = len(msg.items)
         check_sizes("an item", msg.items, self.max_item_bytes)
@@ -257,6 +347,9 @@ class SchedulerState:
         else:
             self._park(conn, rid, "get", msg.queue)
             queue.getters[(conn, rid)] = msg.max_items
+            for holder, leases in queue.pulled.items():
+                if holder != conn and leases:  # maybe prefetched and idle there: ask
+                    out.append(Notice(holder, LeaseRecall(queue.name)))
 
     def _on_ack(self, conn: int, rid: int, msg: Ack, out: Out) -> None:
         leases = self._conns[conn].leases
@@ -266,7 +359,7 @@ class SchedulerState:
             if entry is not None:
                 entry[0].leased -= 1
                 freed[id(entry[0])] = entry[0]
-                end_pushed_lease(entry[0], conn, lease)
+                end_lease(entry[0], conn, lease)
                 self.tasks.release_item(entry[1])
         for queue in freed.values():
             if self._queues.get(queue.name) is queue:
@@ -276,7 +369,7 @@ class SchedulerState:
         leases = self._conns[conn].leases
         returned = {lease: leases.pop(lease) for lease in msg.leases if lease in leases}
         for lease, (queue, _) in returned.items():
-            end_pushed_lease(queue, conn, lease)
+            end_lease(queue, conn, lease)
         for name in self._restore_leases(returned):
             self._settle(self._queues[name], out)
         out.append(Reply(conn, rid, Ok()))
@@ -324,9 +417,7 @@ class SchedulerState:
         queue = self._queue(msg.queue)
         if msg.kind == "send":
             if queue.closed:
-                raise StateError(
-                    "ClosedResourceError", f"queue {msg.queue!r} was closed by its last sender"
-                )
+                raise StateError("ClosedResourceError", closed_text(msg.queue))
             queue.senders += 1
         elif msg.kind == "receive":
             queue.receivers += 1
@@ -364,6 +455,22 @@ class SchedulerState:
             queue.set_held(conn, 0)
             self._settle(queue, out)
 
+    def _on_queue_stats(self, conn: int, rid: int, msg: QueueStats, out: Out) -> None:
+        queue = self._queue(msg.queue)
+        here = sum(1 for owner, _ in queue.getters if owner == conn)
+        figures = QueueStatistics(
+            len(queue.items),
+            queue.leased,
+            queue.peak,
+            queue.maxsize,
+            queue.senders,
+            queue.receivers,
+            len(queue.getters),
+            len(queue.putters),
+            here,
+        )
+        out.append(Reply(conn, rid, figures))
+
     def _on_status(self, conn: int, rid: int, msg: Status, out: Out) -> None:
         out.append(Reply(conn, rid, StatusReport(self.status())))
 
@@ -381,121 +488,9 @@ class SchedulerState:
         EndpointClose: _on_endpoint_close,
         Cancel: _on_cancel,
         Status: _on_status,
+        QueueStats: _on_queue_stats,
         CreditReturn: _on_credit_return,
     }
-
-    # -- mechanics -----------------------------------------------------------------
-
-    def _deliver(self, queue: QueueRecord, conn: int, rid: int, max_items: int, out: Out) -> None:
-        state = self._conns[conn]
-        budget = self.max_item_bytes  # one answer must fit in one frame
-        items = [queue.items.popleft()]
-        size = len(items[0]) + ITEM_OVERHEAD
-        while len(items) < max_items and queue.items:
-            more = len(queue.items[0]) + ITEM_OVERHEAD
-            if size + more > budget:
-                break
-            size += more
-            items.append(queue.items.popleft())
-        n = len(items)
-        first = state.next_lease
-        for offset, item in enumerate(items):
-            state.leases[first + offset] = (queue, item)
-            self.tasks.hand_item(conn, item)
-        state.next_lease = first + n
-        queue.leased += n
-        out.append(Reply(conn, rid, Items(items, first)))
-
-    def _feed_getters(self, queue: QueueRecord, out: Out) -> None:
-        if queue.pushees and queue.items:
-            self._push(queue, out)
-        while queue.items and queue.getters:
-            (conn, rid), max_items = next(iter(queue.getters.items()))
-            del queue.getters[(conn, rid)]
-            self._conns[conn].parked.pop(rid, None)
-            share = max(1, len(queue.items) // (len(queue.getters) + 1))
-            self._deliver(queue, conn, rid, min(max_items, share), out)
-        if queue.getters and self._finished(queue):
-            self._end_getters(queue, out)
-
-    def _push(self, queue: QueueRecord, out: Out) -> None:
-        """Deal queued items round-robin to subscribers with room in their window."""
-        dealt: dict[int, list[bytes]] = {}
-        turn = queue.push_turn
-        idle = 0  # subscribers passed over in a row because their window is full
-        while queue.items and idle < len(turn):
-            conn = turn[0]
-            turn.rotate(-1)
-            subscriber = queue.pushees[conn]
-            if subscriber.free - len(dealt.get(conn, ())) <= 0:
-                idle += 1
-                continue
-            idle = 0
-            dealt.setdefault(conn, []).append(queue.items.popleft())
-        for conn, items in dealt.items():
-            state = self._conns[conn]
-            pushed = queue.pushees[conn].pushed
-            first = state.next_lease
-            for offset, item in enumerate(items):
-                state.leases[first + offset] = (queue, item)
-                pushed.add(first + offset)
-                self.tasks.hand_item(conn, item)
-            state.next_lease = first + len(items)
-            queue.leased += len(items)
-            out.append(Notice(conn, Pushed(queue.name, items, first)))
-
-    def _feed_putters(self, queue: QueueRecord, out: Out) -> None:
-        while queue.putters:
-            (conn, rid), items = next(iter(queue.putters.items()))
-            if queue.room() < len(items):
-                break
-            del queue.putters[(conn, rid)]
-            self._conns[conn].parked.pop(rid, None)
-            self._store(queue, items)
-            queue.offer_credit(conn, out)
-            out.append(Reply(conn, rid, PutDone()))
-        self._feed_getters(queue, out)
-
-    def _settle(self, queue: QueueRecord, out: Out) -> None:
-        """After items or room changed outside a put/get: serve whoever waits."""
-        self._feed_putters(queue, out)
-
-    @staticmethod
-    def _finished(queue: QueueRecord) -> bool:
-        """Closed, empty, and nothing leased that could still come back."""
-        return queue.closed and not queue.items and not queue.leased
-
-    def _end_getters(self, queue: QueueRecord, out: Out) -> None:
-        text = f"queue {queue.name!r} is closed and empty"
-        for conn, rid in list(queue.getters):
-            self._conns[conn].parked.pop(rid, None)
-            out.append(Fail(conn, rid, "EndOfChannel", text))
-        queue.getters.clear()
-
-    def _drop_endpoint(self, queue: QueueRecord, kind: str, count: int, out: Out) -> None:
-        if kind == "send":
-            queue.senders -= count
-            if queue.senders == 0:
-                queue.closed = True
-                queue.stop_credit(out)
-                text = f"queue {queue.name!r} was closed by its last send endpoint"
-                self._fail_putters(queue, "ClosedResourceError", text, out)
-                if self._finished(queue):
-                    self._end_getters(queue, out)
-        else:
-            queue.receivers -= count
-            if queue.receivers == 0:
-                queue.broken = True
-                queue.stop_credit(out)
-                text = f"every receive endpoint of queue {queue.name!r} is closed"
-                self._fail_putters(queue, "BrokenResourceError", text, out)
-
-    def _fail_putters(self, queue: QueueRecord, kind: str, text: str, out: Out) -> None:
-        """The queue refuses puts from now on, including those waiting for room."""
-        for conn, rid in queue.putters:
-            self._conns[conn].parked.pop(rid, None)
-            out.append(Fail(conn, rid, kind, text))
-        queue.putters.clear()
 
     def _answered(self, conn: int, rid: int) -> None:
         """A parked request was answered elsewhere (by the task board)."""
@@ -531,30 +526,6 @@ class SchedulerState:
             waiting.pop((conn, rid), None)
         return queue
 
-    def _restore_leases(self, leases: dict[int, tuple[QueueRecord, bytes]]) -> set[str]:
-        """Put leased items back at the head of their queues, oldest lease first.
-
-        Items of a queue deleted since (even if re-created under its name) are dropped.
-        """
-        touched: set[str] = set()
-        for lease in sorted(leases, reverse=True):
-            queue, item = leases[lease]
-            queue.leased -= 1
-            if self._queues.get(queue.name) is queue:
-                queue.items.appendleft(item)
-                touched.add(queue.name)
-            else:
-                self.tasks.release_item(item)
-        return touched
-
-    # -- references to futures ----------------------------------------------------------
-
-    def _store(self, queue: QueueRecord, items: list[bytes]) -> None:
-        """Queue ``items``; the futures they refer to stay alive meanwhile."""
-        queue.items.extend(items)
-        for item in items:
-            self.tasks.keep_item(item)
-
     # -- introspection ---------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -575,6 +546,7 @@ class SchedulerState:
         self.tasks.validate()
         self.channels.validate()
         self.variables.validate()
+        self.barriers.validate(self._askable())
         leased: dict[int, int] = {}
         for conn, state in self._conns.items():
             for queue_of_lease, _ in state.leases.values():
@@ -594,6 +566,9 @@ class SchedulerState:
             queue.validate()
             assert queue.leased == leased.get(id(queue), 0), "lease count is wrong"
             assert set(queue.reserved) <= set(self._conns), "credit held by a gone client"
+            for conn, pulled in queue.pulled.items():
+                leases = self._conns[conn].leases
+                assert pulled and all(leases[lease][0] is queue for lease in pulled), "lost get"
             for conn, subscriber in queue.pushees.items():
                 assert subscriber.free >= 0, "a subscriber holds more than its window"
                 leases = self._conns[conn].leases

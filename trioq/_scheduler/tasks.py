@@ -28,6 +28,10 @@ Rules:
   releases the task or goes away) or a stored item or value that refers to
   it (``add_refs``/``drop_refs``, counted).  Parked ``TaskResult`` readers
   are answered exactly once.
+* A connection handed an item or value referring to a task that has ended
+  is told how it ended (``TaskFinished``) ahead of the answer carrying it,
+  so the future it reads knows its status at once (``hand_item``; ``settle``
+  puts those notices first in ``out``).
 
 Complexity: O(log n) per task through the core; O(tasks) per disconnect.
 """
@@ -58,7 +62,7 @@ from .._wire.task_messages import (
     WorkerHello,
     WorkerReady,
 )
-from .instructions import Notice, Out, Reply, StateError
+from .instructions import Notice, Out, Reply, StateError, UnknownKey
 
 __all__ = ["TaskBoard", "MAX_DEATHS", "FINAL"]
 
@@ -129,6 +133,7 @@ class TaskBoard:
         self._orphans: list[_Task] = []  # unfinished tasks that lost their last holder
         self._workers: dict[int, str] = {}  # conn -> worker name
         self._slots: dict[int, int] = {}  # conn -> tasks that worker runs at once
+        self._told: dict[tuple[int, str], str] = {}  # (conn, key) -> status, for settle
 
     # -- requests --------------------------------------------------------------
 
@@ -221,7 +226,7 @@ class TaskBoard:
             raise StateError("ValueError", str(exc)) from None
         for key in keys:
             if key not in self._tasks:
-                raise StateError("LookupError", f"no task {key!r} (never submitted, or released)")
+                raise UnknownKey(key)
         return keys
 
     def _result(self, conn: int, rid: int, msg: TaskResult, out: Out) -> str | None:
@@ -248,7 +253,9 @@ class TaskBoard:
         self._finish(task, "finished" if msg.ok else "error", msg.data, out)
 
     def _cancel(self, key: str, out: Out) -> None:
-        task = self._task(key)
+        task = self._tasks.get(key)
+        if task is None:  # not worth a barrier (see ``barriers``): nothing waits on it
+            raise StateError("LookupError", f"no task {key!r} (never submitted, or released)")
         if task.status in FINAL:
             return
         worker = None if task.waiting else self._core.cancel_task(key)
@@ -282,9 +289,7 @@ class TaskBoard:
                     raise StateError("ValueError", str(exc)) from None
                 for key in keys or ():
                     if key not in self._tasks:
-                        raise StateError(
-                            "LookupError", f"no task {key!r} (never submitted, or released)"
-                        )
+                        raise UnknownKey(key)
 
     def keep_item(self, item: bytes) -> None:
         """An item or value is stored: keep the tasks it refers to."""
@@ -301,11 +306,18 @@ class TaskBoard:
                 self.drop_refs(keys)
 
     def hand_item(self, conn: int, item: bytes) -> None:
-        """An item or value is handed to ``conn``: it holds the tasks it refers to."""
+        """An item or value is handed to ``conn``: it holds the tasks it refers to.
+
+        Of those that have ended, ``conn`` is told how (by ``settle``, first).
+        """
         if item[:1] == _ENVELOPE_START:
             keys = references_of(item)
             if keys:
                 self.hold(conn, keys)
+                for key in keys:
+                    task = self._tasks.get(key)
+                    if task is not None and task.status in FINAL:
+                        self._told[(conn, key)] = task.status
 
     def hold(self, conn: int, keys: list[str]) -> None:
         """``conn`` was handed references to ``keys``: it holds them now."""
@@ -355,7 +367,7 @@ class TaskBoard:
     def _task(self, key: str) -> _Task:
         task = self._tasks.get(key)
         if task is None:
-            raise StateError("LookupError", f"no task {key!r} (never submitted, or released)")
+            raise UnknownKey(key)
         return task
 
     def _worker(self, conn: int) -> None:
@@ -419,8 +431,15 @@ class TaskBoard:
 
         Called after every request (a release, an acknowledged item, a
         disconnect may orphan a task); cancelling an orphan frees what it
-        depended on, which may orphan more, until none is left.
+        depended on, which may orphan more, until none is left.  First, it
+        puts at the head of ``out`` a ``TaskFinished`` for each ended task a
+        connection was handed a reference to: ahead of the answer carrying it.
         """
+        if self._told:
+            told, self._told = self._told, {}
+            out[:0] = [
+                Notice(conn, TaskFinished(key, status)) for (conn, key), status in told.items()
+            ]
         while self._orphans:
             task = self._orphans.pop()
             wanted = task.holders or task.refs or task.readers
@@ -450,6 +469,7 @@ class TaskBoard:
         self._core.validate()
         assert set(self._slots) == set(self._workers), "slots of an unknown worker"
         assert not self._orphans, "orphaned tasks were not settled"
+        assert not self._told, "task ends to tell were not sent"
         for key, task in self._tasks.items():
             if task.status in FINAL:
                 assert key not in self._core, "a finished task is still scheduled"

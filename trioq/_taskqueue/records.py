@@ -5,7 +5,8 @@ a call's niceness and series into the core scheduler's integer priority;
 ``_Call`` follows one call from submission to its answer; ``fold_update``
 turns an update's answered runs into what ``update`` returns; ``_Handle`` is
 one attached worker, the calls its runners hold, and how it stops.
-``TaskQueue`` (in ``taskqueue``) drives them.
+``TaskQueue`` (in ``taskqueue``, through its base ``_Dispatcher`` in ``dispatch``)
+drives them.
 """
 
 from __future__ import annotations

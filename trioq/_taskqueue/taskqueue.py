@@ -2,23 +2,17 @@
 
 Rules:
 
-* Every dispatch decision is the core ``PriorityScheduler``'s, pull policy:
-  a worker asks for one call per slot that is really free (a cancelled
-  thread call keeps its slot until the thread returns), so no worker is
-  ever oversubscribed.  Priorities come from ``FairTags`` (niceness, then
-  start-time fair queueing across series).  An update is a call pinned to
-  one worker (a private series only that worker is qualified for), ahead of
-  every other call; a worker being attached runs the remembered updates
-  before the core knows it.
+* ``TaskQueue`` is the queue's face and lifetime: its public methods check
+  their arguments and the queue's state, then hand calls and workers to
+  its base ``_Dispatcher`` (in ``dispatch``), which owns every dispatch
+  decision and runs the calls.  A worker being attached runs the
+  remembered updates before the core knows it.
 * Everything the queue starts (one runner task per dispatched call, every
   worker's own tasks and child processes) lives in one nursery held by a
   service task.  ``shutdown`` cancels it and joins it, shielded, even when
   its caller is cancelled: nothing outlives the queue.
-* A call is answered exactly once (value, error, stream, cancelled, lost).
-  A caller that is cancelled (or times out) withdraws its call: a queued
-  one leaves the core, a running one is cancelled on its worker.  The
-  runner owns a dispatched call; anything that takes it away (detach,
-  death, withdrawal) bumps ``attempt`` so a stale runner changes nothing.
+* ``call``'s overloads give type checkers each kind of result (a value, an
+  ``async def``'s awaited value, a generator's channel of items).
 
 Complexity: O(log n) per call in the core, plus O(1) bookkeeping here.
 """
@@ -29,33 +23,41 @@ import contextlib
 import enum
 import functools
 import math
-from collections.abc import Callable
-from typing import Any, cast, overload
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, ParamSpec, TypedDict, TypeVar, TypeVarTuple, Unpack, cast, overload
 
 import trio
 
 from .._exceptions import TaskCancelledError, WorkerLostError, collapse_single_groups
-from .._impl import core
+from .dispatch import MAX_DEATHS, _Dispatcher
 from .logs import QueueLog, log
-from .records import FairTags, TaskInfo, _Call, _Handle, describe, fold_update
+from .records import TaskInfo, _Handle, describe, fold_update
 from .remote import RemoteWorker
-from .workers import (
-    CallStream,
-    ProcessWorker,
-    ThreadWorker,
-    WorkerDied,
-    _Sink,
-    _Worker,
-)
+from .workers import ProcessWorker, ThreadWorker, WorkerDied, _Sink, _Worker
 
 __all__ = ["TaskQueue", "TaskInfo", "MAX_DEATHS"]
 
-# A call whose worker died under it goes back to the queue; once MAX_DEATHS
-# workers died running it, it fails (as a cluster task does: see _tasks).
-MAX_DEATHS = 3
 CLOSE_TIMEOUT = 10.0  # seconds shutdown gives the workers to stop before cancelling them
 
 AnyWorker = ThreadWorker | ProcessWorker | RemoteWorker
+
+# Typing ``call``: ParamSpec checks fn's arguments but cannot sit beside the
+# options, so these come with positional arguments only (TypeVarTuple).
+P = ParamSpec("P")
+R = TypeVar("R")
+Y = TypeVar("Y")
+Ts = TypeVarTuple("Ts")
+_Coro = Coroutine[Any, Any, R]  # an ``async def`` function's call: its result is awaited
+_Items = Iterator[Y] | AsyncIterator[Y]  # a generator's call: its items are streamed
+_Chan = trio.abc.ReceiveChannel
+
+
+class CallOptions(TypedDict, total=False):
+    """``TaskQueue.call``'s own keyword arguments (for type checkers)."""
+
+    niceness: int
+    series: str | None
+    timeout: float | None
 
 
 class _Default(enum.Enum):
@@ -65,7 +67,7 @@ class _Default(enum.Enum):
 _NEW, _RUNNING, _CLOSING, _CLOSED = range(4)
 
 
-class TaskQueue:
+class TaskQueue(_Dispatcher):
     """A priority queue of calls, run by attached thread, process and remote workers.
 
     Use it as ``async with TaskQueue(*workers) as tq:``; ``await tq.call(fn,
@@ -90,21 +92,13 @@ class TaskQueue:
         spew: bool = False,
         return_failure: bool = True,
     ) -> None:
+        super().__init__(QueueLog(warn=warn, verbose=verbose, spew=spew), return_failure)
         self._initial = workers
         self._timeout = timeout
-        self._log = QueueLog(warn=warn, verbose=verbose, spew=spew)
-        self._return_failure = return_failure
-        self._sched = core.PriorityScheduler()
         self._state = _NEW
-        self._calls: dict[int, _Call] = {}
-        self._workers: dict[int, _Handle] = {}
         self._updates: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
-        self._next_key = 0
         self._next_worker = 1
-        self._fair = FairTags()
-        self._drained: trio.Event | None = None  # set when the last call leaves (shutdown)
         self._joined = trio.Event()  # set when the service nursery has ended
-        self._nursery: trio.Nursery | None = None
         self._service: trio.CancelScope | None = None
         self._outer: Any = None  # the nursery manager around the service task
 
@@ -352,67 +346,56 @@ class TaskQueue:
         handle = self._workers.get(id)
         return None if handle is None else cast(AnyWorker, handle.worker)
 
-    def _worker_died(self, handle: _Handle) -> None:
-        """A worker went away by itself: requeue its calls (up to a limit), detach it."""
-        if self._workers.get(handle.id) is not handle:
-            return  # detached already, or not attached yet (attach_worker reports it)
-        del self._workers[handle.id]
-        handle.detached = True
-        log.warning("worker %d (%r) died; it is detached", handle.id, handle.worker)
-        self._drop_pinned(handle, running=True)
-        for key in self._sched.remove_worker(handle.id, requeue=True):
-            self._lost(self._calls[key], queued=True)
-        assert self._nursery is not None
-        self._nursery.start_soon(handle.crash)
-        self._dispatch()
-
-    def _drop_pinned(self, handle: _Handle, *, running: bool) -> None:
-        """``handle`` is leaving: its queued updates (and running ones if ``running``) end."""
-        for call in list(handle.pinned):
-            if running or call.scope is None:
-                error = WorkerLostError(f"worker {handle.id} left before the update ended")
-                self._give_up(call, error)
-
-    def _lost(self, call: _Call, *, queued: bool) -> None:
-        """``call``'s worker died under it: run it again elsewhere, or give up."""
-        call.disown()
-        call.deaths += 1
-        if call.pinned is not None:  # an update runs on its worker or nowhere
-            self._give_up(call, WorkerLostError(f"worker {call.pinned.id} died running it"))
-        elif call.settled or call.deaths >= MAX_DEATHS:  # a stream cannot start over
-            error = WorkerLostError(f"the call's worker died under it ({call.deaths} times)")
-            self._give_up(call, error)
-        elif not queued:
-            self._sched.add_task(call.key, call.priority, call.info.series)
-
     # -- calls ------------------------------------------------------------------
 
+    # Most specific first: a coroutine's result, then a generator's stream.
+    @overload
+    async def call(self, fn: Callable[P, _Coro[R]], *args: P.args, **kw: P.kwargs) -> R: ...
+    @overload
     async def call(
+        self, fn: Callable[[*Ts], _Coro[R]], *args: *Ts, **kw: Unpack[CallOptions]
+    ) -> R: ...
+    @overload
+    async def call(self, fn: Callable[P, _Items[Y]], *args: P.args, **kw: P.kwargs) -> _Chan[Y]: ...
+    @overload
+    async def call(
+        self, fn: Callable[[*Ts], _Items[Y]], *args: *Ts, **kw: Unpack[CallOptions]
+    ) -> _Chan[Y]: ...
+    @overload
+    async def call(self, fn: Callable[P, R], *args: P.args, **kw: P.kwargs) -> R: ...
+    @overload
+    async def call(self, fn: Callable[[*Ts], R], *args: *Ts, **kw: Unpack[CallOptions]) -> R: ...
+
+    async def call(  # type: ignore[misc]  # mypy can't match *Ts overloads to *args: Any
         self,
         fn: Callable[..., Any],
         *args: Any,
-        niceness: int = 0,
-        series: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (AsynQueue's API)
+        niceness: Any = 0,
+        series: Any = None,
+        timeout: Any = None,  # noqa: ASYNC109 (AsynQueue's API)
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` on a worker; return its result.
 
-        Lower ``niceness`` (-20..20) runs sooner; a ``series`` call runs only
-        on workers qualified for it (waiting until one is).  Among calls of
-        equal niceness, series take turns (fair queueing): calls without a
-        series count as one more series, so a plain call submitted after a
-        burst of series calls runs in its turn, not after the whole burst.
-        If ``fn`` returns
-        an iterator or generator, the result is a ``trio.abc.ReceiveChannel``
-        of its items.  Raises ``fn``'s exception (unless ``return_failure`` is
-        False), ``TypeError``/``ValueError`` for bad arguments, ``RuntimeError``
-        before ``__aenter__``, ``trio.ClosedResourceError`` after ``shutdown``,
-        ``trio.TooSlowError`` after ``timeout`` seconds, ``TaskCancelledError``
-        if the queue shut down before the call ended (queued, or still running
-        when ``shutdown``'s grace period ran out), ``WorkerLostError`` if its
-        worker was crashed or kept dying.  If cancelled (or timed out), a
-        queued call is withdrawn and a running one cancelled on its worker.
+        Lower ``niceness`` (-20..20) runs sooner; a ``series`` call runs only on
+        workers qualified for it (waiting until one is).  Among calls of equal
+        niceness, series take turns (fair queueing): calls without a series
+        count as one more series, so a plain call submitted after a burst of
+        series calls runs in its turn, not after the whole burst.  If ``fn``
+        returns an iterator or generator, the result is a
+        ``trio.abc.ReceiveChannel`` of its items.  Type checkers see that result
+        type (an ``async def``'s awaited result) and check the arguments against
+        ``fn``; the options go with positional arguments only (pass keywords
+        with ``functools.partial``), and the None of a failure under
+        ``return_failure`` False is not in the type.  Raises ``fn``'s exception
+        (unless ``return_failure`` is False), ``TypeError``/``ValueError`` for
+        bad arguments, ``RuntimeError`` before ``__aenter__``,
+        ``trio.ClosedResourceError`` after ``shutdown``, ``trio.TooSlowError``
+        after ``timeout`` seconds, ``TaskCancelledError`` if the queue shut down
+        before the call ended (queued, or still running when ``shutdown``'s
+        grace period ran out), ``WorkerLostError`` if its worker was crashed or
+        kept dying.  If cancelled (or timed out), a queued call is withdrawn and
+        a running one cancelled on its worker.
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -479,129 +462,3 @@ class TaskQueue:
         for error in failures:
             log.error("update %s failed", describe(fn), exc_info=error)
         return results
-
-    def _submit(self, info: TaskInfo, pinned: _Handle | None = None) -> _Call:
-        """Queue a call in the core (an update if ``pinned``); ``_dispatch`` starts it."""
-        if pinned is None:
-            tag, priority = self._fair.submit(info.niceness, info.series)
-            series: Any = info.series
-        else:
-            tag, priority, series = 0, FairTags.UPDATE, pinned.pin
-        call = _Call(self._next_key, info, tag, priority, pinned=pinned)
-        self._sched.add_task(call.key, priority, series)
-        self._next_key += 1
-        self._calls[call.key] = call
-        if pinned is not None:
-            pinned.pinned.add(call)
-        return call
-
-    # -- dispatch and runners ---------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        """Start a runner for every assignment the core makes now."""
-        for key, worker_id in self._sched.assignments():
-            call = self._calls[key]
-            handle = self._workers[worker_id]
-            self._fair.dispatched(call.tag)
-            call.attempt += 1
-            call.scope = trio.CancelScope()
-            handle.running.add(call)
-            self._log.debug(
-                "call %d (%s) -> worker %d", call.key, describe(call.info.fn), handle.id
-            )
-            assert self._nursery is not None
-            self._nursery.start_soon(self._run_call, call, handle, call.attempt, call.scope)
-
-    async def _run_call(
-        self, call: _Call, handle: _Handle, attempt: int, scope: trio.CancelScope
-    ) -> None:
-        """Run one dispatched call; then ask for more work once the worker is really free."""
-        sink = call.sink = _Sink(
-            functools.partial(self._stream_opened, call, attempt), self._stream_failed
-        )
-        info = call.info
-        try:
-            with scope:
-                try:
-                    await trio.lowlevel.checkpoint_if_cancelled()  # withdrawn before it started
-                    value = await handle.worker._run(info.fn, info.args, info.kwargs, sink)
-                except WorkerDied:
-                    if call.attempt == attempt:
-                        if self._workers.get(handle.id) is handle:
-                            self._worker_died(handle)  # which requeues this call too
-                        else:
-                            self._lost(call, queued=False)
-                except Exception as exc:
-                    if sink.stream is not None:
-                        sink.fail(exc)  # the generator failed: the stream raises it
-                    elif call.attempt == attempt:
-                        call.settle(error=exc)
-                else:
-                    if call.attempt == attempt and sink.stream is None:
-                        call.settle(value=value)
-                finally:
-                    sink.close()
-        finally:
-            handle.running.discard(call)
-            if not handle.running:
-                handle.idle.set()
-            if call.attempt == attempt:
-                if not call.settled:  # only if cancelled from outside: the queue is stopping
-                    call.settle(error=TaskCancelledError("the call was cancelled"), queue=True)
-                self._forget(call)
-        self._log.debug("call %d (%s) ended on worker %d", call.key, describe(info.fn), handle.id)
-        if not handle.detached:
-            await handle.worker._ready()
-            if not handle.detached:
-                self._sched.request_work(handle.id, 1)
-                self._dispatch()
-
-    def _stream_opened(self, call: _Call, attempt: int, stream: CallStream) -> bool:
-        if call.attempt != attempt or call.settled:
-            return False  # nobody will read it: the generator stops
-        if call.pinned is not None:
-            call.settle(value=None)  # an update: nobody reads its items either
-            return False
-        call.settle(value=stream)
-        return True
-
-    def _stream_failed(self, error: BaseException) -> bool:
-        """A generator raised: raise it from the stream, or log it (``return_failure``)."""
-        if self._return_failure:
-            self._log.warn("streamed call failed", exc_info=error)
-            return True
-        log.error("streamed call failed", exc_info=error)
-        return False
-
-    def _give_up(self, call: _Call, error: BaseException) -> None:
-        """End ``call`` with ``error`` (its caller's, or its stream's), and forget it."""
-        if call.settled:
-            if call.sink is not None:
-                call.sink.fail(error)  # a stream in progress: its reader gets the error
-        else:
-            call.settle(error=error, queue=True)
-        if call.scope is not None:
-            call.scope.cancel()
-        self._forget(call)
-
-    def _withdraw(self, call: _Call) -> None:
-        """The caller gave up waiting (cancelled or timed out)."""
-        if call.settled:
-            if isinstance(call.value, CallStream):
-                call.value.close()  # answered in the same instant: nobody will read it
-            return
-        call.settled = True
-        if call.scope is not None:
-            call.scope.cancel()  # running: stop it on its worker
-        self._forget(call)
-
-    def _forget(self, call: _Call) -> None:
-        """``call`` is over: out of the core (its slot freed) and out of ``pending``."""
-        if self._calls.pop(call.key, None) is None:
-            return
-        if call.pinned is not None:
-            call.pinned.pinned.discard(call)
-        if call.key in self._sched:
-            self._sched.cancel_task(call.key)
-        if not self._calls and self._drained is not None:
-            self._drained.set()

@@ -1,8 +1,10 @@
-"""Typed messages of replayable channels: open, append, read, stop.
+"""Typed messages of replayable channels: open, append, read, stop, delete.
 
-Rules: as in ``_messages`` (one frozen class per message, fields checked
+Rules: as in ``messages`` (one frozen class per message, fields checked
 on decoding).  Elements are opaque ``bytes`` to the scheduler, numbered by
-a sequence that starts at 0 for each channel.
+a sequence that starts at 0 for each channel.  The answers to an open and
+to an append carry the channel's length then, which is all a client knows
+of it without asking (``Channel.__repr__`` shows it).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ __all__ = [
     "ChannelOpen",
     "ChannelInfo",
     "ChannelAppend",
+    "ChannelAppended",
     "ChannelRead",
     "ChannelItems",
     "ChannelStop",
+    "ChannelDelete",
 ]
 
 
@@ -35,10 +39,12 @@ class ChannelOpen(Message):
 @_message
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChannelInfo(Message):
-    """Reply to ``ChannelOpen``: the channel's bound (0: none) and state."""
+    """Reply to ``ChannelOpen``: the channel's bound (0: none), state, and the
+    number of elements it retains."""
 
     maxlen: int
     stopped: bool
+    length: int
 
 
 @_request
@@ -49,6 +55,17 @@ class ChannelAppend(Message):
     OP = Op.CHANNEL_APPEND
     channel: str
     items: list[bytes]
+
+
+@_message
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChannelAppended(Message):
+    """Reply to ``ChannelAppend``: the elements retained once it was applied,
+    and ``end``, the number the next append gets (so the last of these
+    items is ``end - 1``)."""
+
+    length: int
+    end: int
 
 
 @_request
@@ -86,4 +103,13 @@ class ChannelStop(Message):
     """No more appends: every reader ends after the last element."""
 
     OP = Op.CHANNEL_STOP
+    channel: str
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChannelDelete(Message):
+    """Forget the channel and its elements; parked reads fail (idempotent)."""
+
+    OP = Op.CHANNEL_DELETE
     channel: str

@@ -87,6 +87,8 @@ class Op(enum.IntEnum):
     ACK = 11
     CREDIT = 12  # scheduler to client, unsolicited: more put credit for a queue
     QUEUE_ERROR = 13  # scheduler to client, unsolicited: a one-way request failed
+    BARRIER = 14  # scheduler to client, unsolicited: answer once what you sent is in
+    BARRIER_DONE = 15  # (messages in flow_messages)
     # queues
     QUEUE_OPEN = 20
     QUEUE_PUT = 21
@@ -100,6 +102,8 @@ class Op(enum.IntEnum):
     QUEUE_SUBSCRIBE = 29
     QUEUE_UNSUBSCRIBE = 30
     PUSHED = 31  # scheduler to client, unsolicited: items pushed to a subscriber
+    QUEUE_STATS = 32
+    LEASE_RECALL = 33  # scheduler to client, unsolicited: give unclaimed items back
     # variables
     VARIABLE_SET = 40
     VARIABLE_GET = 41
@@ -109,6 +113,7 @@ class Op(enum.IntEnum):
     CHANNEL_APPEND = 51
     CHANNEL_READ = 52
     CHANNEL_STOP = 53
+    CHANNEL_DELETE = 54
     # introspection
     STATUS = 60
     # tasks and workers (messages in _task_messages)

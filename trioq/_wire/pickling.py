@@ -28,9 +28,13 @@ def pickle_loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def full_serializer() -> Serializer:
-    """A serializer that pickles what msgpack cannot carry, and unpickles it back."""
-    return Serializer(pickler=pickle_dumps, unpickler=pickle_loads)
+def full_serializer(owner: Any = None) -> Serializer:
+    """A serializer that pickles what msgpack cannot carry, and unpickles it back.
+
+    ``owner`` (a client's session) is what handles unpickled by it attach to
+    (see ``serialize.decoding_owner``).
+    """
+    return Serializer(pickler=pickle_dumps, unpickler=pickle_loads, owner=owner)
 
 
 _DEFAULT = full_serializer()

@@ -21,6 +21,10 @@ Rules:
   decoding the item (``references_of`` reads the list in O(references)).
   A reference inside a pickled part is listed too (its ``__reduce__`` calls
   ``note_reference``), and comes back through ``resolve_reference``.
+* Handles on named cluster objects (a queue, a variable, an endpoint) pickle
+  as their names.  While a serializer unpickles a part, ``decoding_owner()``
+  returns its ``owner`` (a client's session), so a handle unpickled there
+  attaches to the connection that read it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "Pickled",
     "Reference",
     "Serializer",
+    "decoding_owner",
     "note_reference",
     "references_of",
     "resolve_reference",
@@ -67,6 +72,10 @@ _resolving: contextvars.ContextVar[Callable[[str], Any] | None] = contextvars.Co
     "trioq_resolving_references", default=None
 )
 
+_decoding: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "trioq_decoding_owner", default=None
+)
+
 
 def note_reference(key: str) -> None:
     """Called by a reference as it is serialized: ``dumps_item`` lists its key."""
@@ -83,6 +92,15 @@ def resolve_reference(key: str) -> Any:
             f"the reference {key!r} can only be deserialized by a trioq client or worker"
         )
     return resolve(key)
+
+
+def decoding_owner() -> Any:
+    """The ``owner`` of the serializer unpickling a part now; None outside one.
+
+    Unpickling code (a handle's ``__reduce__`` target) asks it which
+    connection read the data.  Plain ``pickle.loads`` has none.
+    """
+    return _decoding.get()
 
 
 def references_of(item: bytes) -> list[str] | None:
@@ -158,7 +176,9 @@ class Serializer:
     raises ``SerializationError``.  ``unpickler`` restores pickled parts;
     without one they come back as ``Pickled``.  ``resolver`` turns the key
     of a reference read back into its live object; without one references
-    come back as ``Reference``.
+    come back as ``Reference``.  ``owner`` is whoever decodes with it (a
+    client's session): ``decoding_owner()`` returns it while a pickled part
+    is unpickled.
     """
 
     def __init__(
@@ -167,10 +187,12 @@ class Serializer:
         pickler: Callable[[Any], bytes] | None = None,
         unpickler: Callable[[bytes], Any] | None = None,
         resolver: Callable[[str], Any] | None = None,
+        owner: Any = None,
     ) -> None:
         self._pickler = pickler
         self._unpickler = unpickler
         self.resolver = resolver
+        self.owner = owner
         self._encoders: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
         self._decoders: dict[int, Callable[[bytes], Any]] = {}
         # Per thread: the Packer reused by dumps (building one costs more than
@@ -299,7 +321,11 @@ class Serializer:
         if code == EXT_PICKLE:
             if self._unpickler is None:
                 return Pickled(data)
-            return self._unpickler(data)
+            token = _decoding.set(self.owner)  # handles unpickled here attach to it
+            try:
+                return self._unpickler(data)
+            finally:
+                _decoding.reset(token)
         if code == EXT_REFERENCE:
             key = data.decode()
             return Reference(key) if self.resolver is None else self.resolver(key)
