@@ -247,3 +247,47 @@ async def test_a_finished_queue_says_how_to_use_its_name_afresh(cluster: Any, en
             await queue.delete()
             await client.queue("q").put("afresh")
             assert await client.queue("q").get() == "afresh"
+
+
+async def test_a_channel_handle_with_another_maxlen_stores_nothing_and_blames_nobody(
+    cluster: Any,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(cluster) as a, connect(cluster) as b:
+            good = a.channel("sized", maxlen=2)
+            await good.append("a")
+            bad = b.channel("sized", maxlen=5)
+            with pytest.raises(ValueError, match="exists with maxlen 2, not 5"):
+                await bad.append("refused")  # waits for the verdict: nothing is sent
+            with pytest.raises(ValueError, match="exists with maxlen 2, not 5"):
+                await bad.extend(["refused", "too"])
+            await good.append("b")  # never blamed
+            await good.flush()
+            assert await good.snapshot() == ["a", "b"]
+
+
+async def test_a_channel_subscription_reports_its_backlog_in_trios_shape(cluster: Any) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with connect(cluster) as client:
+            channel = client.channel("c", maxlen=10)
+            await channel.extend(range(6))
+            await channel.flush()
+            subscription = channel.subscribe()
+            stats = await subscription.statistics()
+            assert (stats.current_buffer_used, stats.max_buffer_size) == (6, 10)
+            assert (stats.open_send_channels, stats.open_receive_channels) == (1, 1)
+            for _ in range(6):
+                await subscription.receive()
+            stats = await subscription.statistics()
+            assert (stats.current_buffer_used, stats.peak_buffer_used) == (0, 6)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscription.receive)
+                await trio.testing.wait_all_tasks_blocked()
+                assert (await subscription.statistics()).tasks_waiting_receive == 1
+                nursery.cancel_scope.cancel()
+            await channel.stop()
+            stats = await subscription.statistics()
+            assert stats.open_send_channels == 0
+            await subscription.aclose()
+            unbounded = client.channel("u").subscribe()
+            assert (await unbounded.statistics()).max_buffer_size == float("inf")

@@ -27,6 +27,7 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from .._wire.channel_messages import (
     ChannelStop,
 )
 from .._wire.messages import Ok
+from .statistics import ChannelStatistics
 
 if TYPE_CHECKING:
     from .session import Pending, Session
@@ -57,9 +59,11 @@ class Channel:
     """A handle on the named replayable channel; get one with ``client.channel``.
 
     ``maxlen`` (None: unbounded) keeps only the newest elements; it is set
-    by the first handle that opens the channel, and a different value given
-    later raises ``ValueError`` from this handle's next ``append``,
-    ``extend`` or ``flush``.  Raises ``TypeError`` for a name that is not a
+    by the first handle that opens the channel.  A handle given a
+    ``maxlen`` waits for the scheduler's verdict on it before its first
+    append; a different value than the channel's makes that append, and
+    every later ``append``, ``extend`` or ``flush`` of the handle, raise
+    ``ValueError``, and nothing it sent is stored.  Raises ``TypeError`` for a name that is not a
     str, ``ValueError`` for a ``maxlen`` that is not a positive int or None.
     """
 
@@ -78,6 +82,9 @@ class Channel:
         self._settled = trio.Event()  # set when _in_flight drops to 0
         self._settled.set()
         self._error: BaseException | None = None  # a refusal nobody has seen
+        # A maxlen the scheduler has not confirmed may be refused: appends wait for the verdict.
+        self._verdict: trio.Event | None = trio.Event() if self._maxlen else None
+        self._refused: BaseException | None = None  # this handle's maxlen, refused
         session.send_request(ChannelOpen(name, self._maxlen), late=self._on_opened)
         self._begin()  # flush also waits for the open (a maxlen refused, say)
 
@@ -116,6 +123,8 @@ class Channel:
         dumps = self._session.serializer.dumps_item
         data = [dumps(element) for element in elements]
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._verdict is not None:
+            await self._verdict.wait()
         self._raise_error()
         if data:
             self._session.send_request(ChannelAppend(self.name, data), late=self._on_appended)
@@ -227,12 +236,17 @@ class Channel:
                 return  # the connection broke: every later call says so
             try:
                 info = self._session.result(pending, ChannelInfo)
+            except ValueError as exc:  # another maxlen: this handle's, never another's
+                self._refused = exc
+                return
             except Exception as exc:
                 self._keep_error(exc)
                 return
             self._maxlen, self._stopped, self._length = info.maxlen, info.stopped, info.length
         finally:
             self._end()
+            if self._verdict is not None:
+                self._verdict.set()
 
     def _on_appended(self, pending: Pending) -> None:
         if pending.op:
@@ -248,6 +262,8 @@ class Channel:
 
     def _raise_error(self) -> None:
         self._session.check_usable()
+        if self._refused is not None:
+            raise self._refused
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -266,6 +282,8 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
         self._buffered: deque[bytes] = deque()
         self._closed = False
         self._broken: trio.BrokenResourceError | None = None  # the channel was deleted
+        self._waiting = 0  # tasks in ``receive`` waiting for the scheduler
+        self._peak = 0  # the largest backlog seen (elements not yet received here)
         #: The number of the next element to fetch from the scheduler.
         self.position = start
 
@@ -286,12 +304,16 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
             raise trio.BrokenResourceError(*self._broken.args) from self._broken
         if not self._buffered:
             while not self._buffered:
+                self._waiting += 1
                 try:
                     reply = await self._channel._read(self.position, READ_BATCH, wait=True)
                 except trio.BrokenResourceError as exc:
                     if self._channel._session.usable():  # the channel went, not the link
                         self._broken = exc
                     raise
+                finally:
+                    self._waiting -= 1
+                self._peak = max(self._peak, reply.end - reply.first)
                 if not reply.items and reply.stopped:
                     raise trio.EndOfChannel(f"channel {self._channel.name!r} was stopped")
                 self._buffered.extend(reply.items)
@@ -301,6 +323,33 @@ class ChannelSubscription(trio.abc.ReceiveChannel[Any]):
         value = self._channel._session.serializer.loads(self._buffered[0])
         self._buffered.popleft()  # taken only once decoded: a bad element raises again
         return value
+
+    async def statistics(self) -> ChannelStatistics:
+        """This subscription's figures, in the shape of trio's memory channels.
+
+        The buffer is its backlog: elements retained and not yet received
+        here (``max_buffer_size``: the channel's ``maxlen``, ``math.inf``
+        for none).  A channel has no send endpoints: ``open_send_channels``
+        is 1 while it takes appends, 0 once stopped (then the backlog is
+        what is left before ``EndOfChannel``).  ``open_receive_channels`` is
+        1 until this subscription is closed, ``tasks_waiting_receive`` this
+        process's tasks waiting in its ``receive``; appends never wait.
+        ``peak_buffer_used`` is the largest backlog seen by its reads.  One
+        round trip; raises what ``receive`` raises for a deleted channel.
+        """
+        reply = await self._channel._read(self.position, 1, wait=False)
+        backlog = len(self._buffered) + reply.end - reply.first
+        self._peak = max(self._peak, backlog)
+        maxlen = self._channel.maxlen
+        return ChannelStatistics(
+            current_buffer_used=backlog,
+            max_buffer_size=math.inf if maxlen is None else maxlen,
+            open_send_channels=0 if reply.stopped else 1,
+            open_receive_channels=0 if self._closed else 1,
+            tasks_waiting_send=0,
+            tasks_waiting_receive=self._waiting,
+            peak_buffer_used=self._peak,
+        )
 
     async def aclose(self) -> None:
         """Stop reading (the channel itself goes on); idempotent, raises nothing.
