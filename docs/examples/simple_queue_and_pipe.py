@@ -113,7 +113,7 @@ async def end_through_a_queue(address: str, client: trioq.Client) -> None:
     mine, theirs = await client.pipe()
     await client.queue("handoff").put(theirs)
     async with trioq.connect(address) as other:  # another client, maybe elsewhere
-        end = (await other.queue("handoff").get()).bind(other)  # bind to a client
+        end = await other.queue("handoff").get()  # read back by a client: bound to it
         async with end:
             await mine.send("hello")
             assert await end.recv() == "hello"

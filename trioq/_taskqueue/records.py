@@ -59,13 +59,41 @@ class FairTags:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """A call that ``detach_worker(crash=True)`` took back unfinished."""
+    """A call that ``detach_worker(crash=True)`` took back unfinished.
 
-    fn: Callable[..., Any]  #: the function
-    args: tuple[Any, ...]  #: its positional arguments
-    kwargs: dict[str, Any]  #: its keyword arguments
-    niceness: int  #: -20 (soonest) .. 20
-    series: str | None  #: the series it belongs to
+    A frozen record of what was passed to ``TaskQueue.call``; the caller of
+    that call got ``WorkerLostError``.  ``await tq.call(info.fn, *info.args,
+    niceness=info.niceness, series=info.series, **info.kwargs)`` runs it
+    again.
+
+    .. attribute:: fn
+
+       The function given to ``call``.
+
+    .. attribute:: args
+
+       Its positional arguments, a tuple.
+
+    .. attribute:: kwargs
+
+       Its keyword arguments, a dict (without ``call``'s own ``niceness``,
+       ``series`` and ``timeout``).
+
+    .. attribute:: niceness
+
+       The call's niceness, -20 (runs soonest) to 20.
+
+    .. attribute:: series
+
+       The series it runs in (only on workers qualified for it), or None
+       for any worker.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    niceness: int
+    series: str | None
 
 
 @dataclass(eq=False)

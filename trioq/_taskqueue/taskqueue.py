@@ -286,8 +286,8 @@ class TaskQueue(_Dispatcher):
         It gets no new calls.  ``crash`` False: wait for its running calls,
         stop it, return ``[]``.  ``crash`` True: stop it at once; its
         unfinished calls go back to the queue in their place (``reassign``,
-        returns ``[]``), or are returned as ``TaskInfo``s while their callers
-        get ``WorkerLostError``.  Raises ``KeyError`` for an unknown id,
+        returns ``[]``), or are returned as a list of ``TaskInfo`` while their
+        callers get ``WorkerLostError``.  Raises ``KeyError`` for an unknown id,
         ``RuntimeError`` before ``__aenter__``.  If cancelled while waiting,
         the worker is still detached and is stopped once its calls end.
         """

@@ -273,10 +273,9 @@ class ProcessWorker(_Worker):
     The child (``python -m trioq._taskqueue.child``) gets calls and sends
     back outcomes as frames on private pipes; its stderr is ours.  It
     inherits this process's ``sys.path``, so functions pickled by reference
-    import there too.  ``pid`` is the child's process id while attached;
-    ``mem_usage()`` its resident memory.  Raises ``TypeError`` for a
-    ``series`` given as one string instead of an iterable of names;
-    attaching it raises ``OSError`` if the child cannot be started.
+    import there too.  Raises ``TypeError`` for a ``series`` given as one
+    string instead of an iterable of names; attaching it raises ``OSError``
+    if the child cannot be started.
     """
 
     def __init__(self, *, series: Iterable[str] = ()) -> None:
