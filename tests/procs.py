@@ -292,7 +292,7 @@ class SchedulerProc:
 
 @asynccontextmanager
 async def scheduler_process(
-    directory: Path, *, token: str | None = None
+    directory: Path, *, token: str | None = None, extra_args: Sequence[str] = ()
 ) -> AsyncIterator[SchedulerProc]:
     """``python -m trioq scheduler`` on 127.0.0.1, port 0, with a token file.
 
@@ -305,6 +305,7 @@ async def scheduler_process(
     await trio.Path(token_file).write_text(token + "\n")
     args = [sys.executable, "-m", "trioq", "scheduler"]
     args += ["--host", "127.0.0.1", "--port", "0", "--token-file", str(token_file)]
+    args += extra_args
     async with started(
         args,
         env=base_env(),

@@ -52,7 +52,7 @@ from trioq._wire.messages import (
 
 TIMEOUT = 10
 PROBE_ID = 0xFFFF_FFF0  # a request id the generated frames never use
-SCHEDULER_OPS = {Op.REPLY, Op.ERROR, Op.CREDIT, Op.QUEUE_ERROR}
+SCHEDULER_OPS = {Op.REPLY, Op.ERROR, Op.CREDIT, Op.QUEUE_ERROR, Op.PING}
 
 
 class RawClient:
@@ -101,6 +101,8 @@ class RawClient:
         self.decoder.feed(data)
         for frame in self.decoder:
             assert frame.op in SCHEDULER_OPS, f"the scheduler sent op {frame.op}"
+            if frame.op == Op.PING:
+                continue  # the scheduler's heartbeat: not an answer to anything
             if frame.op == Op.ERROR:
                 error = decode_reply(ErrorReply, frame.payload)
                 assert error.kind and error.message

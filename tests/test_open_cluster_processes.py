@@ -225,7 +225,9 @@ async def test_open_cluster_refuses_bad_arguments(kwargs: dict[str, Any], error:
             pass  # pragma: no cover
 
 
-async def test_a_worker_process_exits_when_its_scheduler_goes_away(tmp_path: Path) -> None:
+async def test_a_worker_process_exits_with_status_1_when_its_scheduler_goes_away(
+    tmp_path: Path,
+) -> None:
     """So a launcher can start again a worker that the scheduler dropped."""
     async with AsyncExitStack() as stack:
         async with trioq.open_cluster() as cluster:
@@ -239,9 +241,10 @@ async def test_a_worker_process_exits_when_its_scheduler_goes_away(tmp_path: Pat
                 )
             )
             await procs.poll_until(lambda: joined_workers(cluster) == 1)
-        status, lines = await worker.finish()  # no signal: the connection ended
-        assert status == 0, worker.describe()
-        assert lines[-1] == "trioq worker stopped", lines
+        status, _ = await worker.finish()  # no signal: the connection ended
+        assert status == 1, worker.describe()
+        said = (tmp_path / "worker.err").read_text()
+        assert f"stopping: lost the scheduler at {cluster.address}" in said, said
 
 
 async def test_the_cluster_command_starts_a_killed_worker_again(tmp_path: Path) -> None:
@@ -264,3 +267,19 @@ async def test_the_cluster_command_starts_a_killed_worker_again(tmp_path: Path) 
         status, _ = await cluster.finish()
         assert status == 0, cluster.describe()
         await procs.poll_until(lambda: not procs.process_group_members(cluster.pid))
+
+
+async def test_no_worker_outlives_a_sigkilled_cluster_command(tmp_path: Path) -> None:
+    """Its workers see both their scheduler's connection and their launcher's
+    lifeline pipe end, and stop on either."""
+    command = [sys.executable, "-m", "trioq", "cluster", "--workers", "2", "--port", "0"]
+    async with procs.started(
+        command, env=procs.base_env(), stderr_path=tmp_path / "cluster.err", label="cluster"
+    ) as cluster:
+        with trio.fail_after(60):
+            await cluster.expect("trioq cluster: scheduler on ")
+            workers = set(procs.process_group_members(cluster.pid)) - {cluster.pid}
+            assert len(workers) == 2, workers
+            os.kill(cluster.pid, signal.SIGKILL)  # the cluster alone, not its group
+            await cluster.process.wait()
+            await procs.poll_until(lambda: not any(alive(pid) for pid in workers))

@@ -29,6 +29,7 @@ import trio
 
 from . import __version__
 from ._exceptions import TrioqError, collapse_single_groups
+from ._wire.heartbeat import HEARTBEAT_INTERVAL, MISSED_BEATS
 
 if TYPE_CHECKING:
     from ._scheduler.server import Scheduler
@@ -42,6 +43,10 @@ DEFAULT_ADDRESS = f"tcp://{DEFAULT_HOST}:{DEFAULT_PORT}"  # where ``worker`` and
 
 class CommandError(Exception):
     """A failure the command reports as one line (``main`` prints it, exit status 2)."""
+
+
+class WorkerLeft(Exception):
+    """A worker stops on its own: its scheduler or its parent is gone (exit status 1)."""
 
 
 def _count(n: int, noun: str) -> str:
@@ -65,6 +70,18 @@ def _add_listen_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_PORT,
         help=f"port (default: {DEFAULT_PORT}; 0: any free)",
+    )
+
+
+def _add_heartbeat_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=HEARTBEAT_INTERVAL,
+        help=(
+            "seconds between signs of life on an idle connection; a peer silent for "
+            f"{MISSED_BEATS} of them counts as gone (default: {HEARTBEAT_INTERVAL:g})"
+        ),
     )
 
 
@@ -99,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds of silence after which a worker counts as dead (10)",
     )
+    _add_heartbeat_option(scheduler)
     _add_token_options(scheduler)
 
     cluster = commands.add_parser("cluster", help="run a scheduler and worker processes")
@@ -111,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--prefetch", type=int, default=1, help="push: tasks sent ahead per worker (1)"
     )
+    _add_heartbeat_option(cluster)
     _add_token_options(cluster)
 
     worker = commands.add_parser("worker", help="run a worker for a scheduler")
@@ -122,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     # For a launcher (``WorkerProcesses``): a pipe to write to once the worker joined.
     worker.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    # For a launcher: a pipe whose end-of-file means the launcher is gone.
+    worker.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
+    _add_heartbeat_option(worker)
     _add_token_options(worker)
 
     status = commands.add_parser("status", help="show a scheduler's queues, variables, clients")
@@ -185,6 +207,7 @@ async def _serve_scheduler(args: argparse.Namespace, token: str | None) -> None:
         dispatch=args.dispatch,
         prefetch=args.prefetch,
         worker_timeout=args.worker_timeout,
+        heartbeat_interval=args.heartbeat_interval,
     )
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -207,14 +230,23 @@ async def _run_cluster(args: argparse.Namespace, token: str | None) -> None:
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     scheduler = Scheduler(
-        args.host, args.port, token=token, dispatch=args.dispatch, prefetch=args.prefetch
+        args.host,
+        args.port,
+        token=token,
+        dispatch=args.dispatch,
+        prefetch=args.prefetch,
+        heartbeat_interval=args.heartbeat_interval,
     )
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             address = await _listen(nursery, scheduler)
             children = WorkerProcesses(
-                address, scheduler.token, args.workers, nthreads=args.nthreads
+                address,
+                scheduler.token,
+                args.workers,
+                nthreads=args.nthreads,
+                heartbeat_interval=args.heartbeat_interval,
             )
             try:  # reports started once every worker has joined
                 await nursery.start(children.run)
@@ -236,11 +268,27 @@ async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
 
     token = resolve_token(args.address, token)  # no token: say so before "joining"
     worker = Worker(
-        args.address, token=token, name=args.name, nthreads=args.nthreads, series=args.series
+        args.address,
+        token=token,
+        name=args.name,
+        nthreads=args.nthreads,
+        series=args.series,
+        heartbeat_interval=args.heartbeat_interval,
     )
+    orphaned: list[str] = []
+
+    async def watch_launcher(nursery: trio.Nursery) -> None:
+        """A worker started by a launcher never outlives it (SIGKILL included)."""
+        async with trio.lowlevel.FdStream(args.lifeline_fd) as lifeline:
+            while await lifeline.receive_some(64):
+                pass  # nothing is ever written: only the end matters
+        orphaned.append("the process that started it is gone")
+        nursery.cancel_scope.cancel()
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            if args.lifeline_fd is not None:
+                nursery.start_soon(watch_launcher, nursery)
             await nursery.start(worker.run)
             if args.ready_fd is not None:  # tell the launcher: it has joined
                 os.write(args.ready_fd, b"joined\n")
@@ -249,6 +297,10 @@ async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
 
     print(f"trioq worker {worker.name} joining {args.address}", flush=True)
     await _until_signalled(run)
+    if orphaned:
+        raise WorkerLeft(f"stopping: {orphaned[0]}")
+    if worker.lost is not None:
+        raise WorkerLeft(f"stopping: lost the scheduler at {args.address} ({worker.lost})")
     print("trioq worker stopped", flush=True)
 
 
@@ -337,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except WorkerLeft as exc:
+        print(f"trioq {args.command}: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"trioq {args.command}: {exc}", file=sys.stderr)
         address = getattr(args, "address", None)

@@ -42,6 +42,7 @@ from ._client.dial import register_local_token
 from ._exceptions import collapse_single_groups
 from ._scheduler.server import Scheduler
 from ._wire.auth import TOKEN_ENV
+from ._wire.heartbeat import HEARTBEAT_INTERVAL, check_interval
 from ._worker.worker import Worker
 
 __all__ = ["Cluster", "WorkerProcesses", "open_cluster"]
@@ -84,6 +85,7 @@ class WorkerProcesses:
         *,
         nthreads: int = 1,
         grace: float = STOP_GRACE,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         if type(count) is not int or count < 0:
             raise ValueError(f"the number of workers must be an int >= 0, got {count!r}")
@@ -91,11 +93,15 @@ class WorkerProcesses:
         self.address = address
         self.count = count
         self.nthreads = nthreads
+        self.heartbeat_interval = check_interval(heartbeat_interval)
         self.grace = grace
         #: How many times a child was started again after it exited.
         self.restarts = 0
         self._env = {**os.environ, TOKEN_ENV: token, "PYTHONPATH": _python_path()}
         self._running: dict[int, trio.Process] = {}  # by worker index
+        # Per worker: the write end of a pipe it watches.  It is never written;
+        # the worker reads end-of-file once this process is gone, SIGKILL included.
+        self._lifelines: dict[int, int] = {}
 
     @property
     def pids(self) -> list[int]:
@@ -147,6 +153,7 @@ class WorkerProcesses:
                 del self._running[index]
                 with trio.CancelScope(shield=True):
                     await self._stop(process)
+                os.close(self._lifelines.pop(index))
             if trio.current_time() - began >= STABLE_AFTER:
                 delay = RESTART_DELAY
             log.warning(
@@ -167,18 +174,26 @@ class WorkerProcesses:
         Raises ``RuntimeError`` for a ``first`` start that exits before joining.
         """
         read_fd, write_fd = os.pipe()
+        life_read, life_write = os.pipe()
+        self._lifelines[index] = life_write
         command = [sys.executable, "-m", "trioq", "worker", self.address]
         command += ["--name", f"worker-{index}", "--nthreads", str(self.nthreads)]
-        command += ["--ready-fd", str(write_fd)]
+        command += ["--ready-fd", str(write_fd), "--lifeline-fd", str(life_read)]
+        command += ["--heartbeat-interval", repr(self.heartbeat_interval)]
         try:
             process = await trio.lowlevel.open_process(
-                command, stdin=subprocess.DEVNULL, env=self._env, pass_fds=(write_fd,)
+                command,
+                stdin=subprocess.DEVNULL,
+                env=self._env,
+                pass_fds=(write_fd, life_read),
             )
         except BaseException:
             os.close(read_fd)
+            os.close(self._lifelines.pop(index))
             raise
         finally:
-            os.close(write_fd)  # the child holds its own copy
+            os.close(write_fd)  # the child holds its own copies
+            os.close(life_read)
         self._running[index] = process
         try:
             async with trio.lowlevel.FdStream(read_fd) as ready:
@@ -193,6 +208,7 @@ class WorkerProcesses:
             del self._running[index]
             with trio.CancelScope(shield=True):
                 await self._stop(process)
+            os.close(self._lifelines.pop(index))
             raise
         return process, joined
 
@@ -231,55 +247,85 @@ async def open_cluster(
     token: str | None = None,
     dispatch: str = "pull",
     prefetch: int = 1,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> AsyncIterator[Cluster]:
     """Run a scheduler, and ``workers`` workers, for the duration of an ``async with`` block.
 
-    Listens on 127.0.0.1 and a free port by default; yields a ``Cluster``
-    once every worker has joined.  Each worker runs ``nthreads`` tasks at
-    once.  ``dispatch`` and ``prefetch`` choose how tasks reach workers (see
-    ``Scheduler``).
+    Use it as ``async with trioq.open_cluster() as cluster:``; it yields a
+    ``Cluster`` once every worker has joined.  The arguments:
 
-    By default (``processes=False``) the workers run in this process, as
-    trio tasks: the cluster starts in milliseconds, and tasks may be
-    closures over this process's objects (trio events, locks) and see its
-    module state, which is what a test or a single program wants.  But a
-    CPU-bound task then holds this process's GIL, and a task that crashes
-    the interpreter (``os._exit``, a segfault) takes the caller down.
-    ``processes=True`` runs each worker as a child process, as
-    ``python -m trioq cluster`` does: tasks run in parallel, and a child
-    that dies only loses its running tasks (the scheduler reruns them, and
-    fails a task with ``WorkerLostError`` once its workers died three times)
-    and is started again.  Each child takes about a second to start; it gets
-    this process's ``sys.path``, but functions and arguments now cross
-    processes: they must pickle, and a module-level function must be
-    importable there.  Leaving the block, by any path, stops the scheduler
-    and the workers (a child gets SIGTERM, then SIGKILL after
-    ``STOP_GRACE`` seconds) and drops the scheduler's state.
+    * ``workers``: how many workers to start (0: none; tasks then wait for
+      a worker from elsewhere).
+    * ``processes``: False (the default) runs the workers in this process,
+      as trio tasks: they start in milliseconds, and tasks may be closures
+      over this process's objects and see its module state, but they share
+      its GIL, and a task that kills the interpreter kills the caller.  True
+      runs each worker as a child process, as ``python -m trioq cluster``
+      does: tasks run in parallel, a child that exits is started again (the
+      scheduler reruns its tasks elsewhere, and fails a task with
+      ``WorkerLostError`` once its workers died three times), and functions
+      and arguments must pickle (a module-level function must be importable
+      there; children get this process's ``sys.path``).  The tasks guide
+      weighs the two.
+    * ``nthreads``: the tasks each worker runs at once.
+    * ``host``, ``port``: where the scheduler listens, 127.0.0.1 and a free
+      port by default (``cluster.address`` says which).
+    * ``token``: the shared secret (``cluster.token``); None generates one,
+      which only a loopback ``host`` allows.  Within this process
+      ``trioq.connect(cluster.address)`` finds it without being told.
+    * ``dispatch``, ``prefetch``: how tasks reach workers, "pull" (the
+      default) or "push" with ``prefetch`` tasks beyond each worker's
+      slots (see ``Scheduler``).
+    * ``heartbeat_interval``: seconds between signs of life on an idle
+      connection, for the scheduler and the workers (see ``Scheduler``).
+
+    Leaving the block, by any path, stops the workers (a child gets
+    SIGTERM, then SIGKILL five seconds later) and the scheduler, closes its
+    connections and drops its state.
 
     Raises what ``Scheduler`` raises (``ValueError`` for a bad ``dispatch``,
-    ``prefetch`` or token, or no token on a non-loopback ``host``),
-    ``ValueError`` for an ``nthreads`` below 1 or a negative ``workers``,
-    ``TypeError`` for a ``processes`` that is not a bool, ``OSError`` if it
-    cannot listen, ``RuntimeError`` if a worker process exits before it
-    joins.
+    ``prefetch``, ``heartbeat_interval`` or token, or no token on a
+    non-loopback ``host``; ``TypeError`` for a ``prefetch`` that is not an
+    int), ``ValueError`` for an ``nthreads`` that is not a positive int or a
+    ``workers`` that is not an int >= 0, ``TypeError`` for a ``processes``
+    that is not a bool, ``OSError`` if it cannot listen, ``RuntimeError``
+    if a worker process exits before it first joins.
     """
     if type(processes) is not bool:
         raise TypeError(f"processes must be a bool, got {type(processes).__name__}")
     if type(workers) is not int or workers < 0:
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     _check_nthreads(nthreads)
-    scheduler = Scheduler(host, port, token=token, dispatch=dispatch, prefetch=prefetch)
+    scheduler = Scheduler(
+        host,
+        port,
+        token=token,
+        dispatch=dispatch,
+        prefetch=prefetch,
+        heartbeat_interval=heartbeat_interval,
+    )
     with collapse_single_groups():
         async with trio.open_nursery() as nursery:
             address = await nursery.start(scheduler.serve)
             register_local_token(address, scheduler.token)
             children = None
             if processes:
-                children = WorkerProcesses(address, scheduler.token, workers, nthreads=nthreads)
+                children = WorkerProcesses(
+                    address,
+                    scheduler.token,
+                    workers,
+                    nthreads=nthreads,
+                    heartbeat_interval=heartbeat_interval,
+                )
                 await nursery.start(children.run)
             else:
                 for index in range(workers):
-                    worker = Worker(address, name=f"worker-{index}", nthreads=nthreads)
+                    worker = Worker(
+                        address,
+                        name=f"worker-{index}",
+                        nthreads=nthreads,
+                        heartbeat_interval=heartbeat_interval,
+                    )
                     await nursery.start(worker.run)
             try:
                 yield Cluster(address, scheduler.token, scheduler, children)

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from .._impl import core
+from .._wire.heartbeat import HEARTBEAT_INTERVAL
 from .client import Client
 from .dial import open_session
 
@@ -25,24 +26,44 @@ def connect(
     token: str | None = None,
     name: str | None = None,
     max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> Connecting:
     """Connect and authenticate to the scheduler at ``address``: ``async with connect(...)``.
 
-    ``address`` is ``tcp://host:port``; a bare ``host:port`` is taken as
-    tcp.  The token comes from ``token``, else from a cluster this process
-    opened at that address, else from the ``TRIOQ_TOKEN`` environment
-    variable.  Leaving the block closes the connection (see
-    ``Client.aclose``).
+    It returns an async context manager, not a coroutine:
+    ``async with trioq.connect("tcp://host:port") as client:``; leaving the
+    block closes the connection (see ``Client.aclose``).  ``address`` is
+    ``tcp://host:port``; a bare ``host:port`` is taken as tcp (the same
+    cluster, the same token).  The token comes from ``token``, else from a
+    cluster this process opened at that address, else from the
+    ``TRIOQ_TOKEN`` environment variable.  ``name`` is how the scheduler's
+    logs and ``python -m trioq status`` show this client (by default
+    ``hostname:pid``).  ``max_frame_size`` bounds every frame sent or
+    received on the connection, header included (64 MiB by default).
+    ``heartbeat_interval`` is how often, in seconds, an idle connection
+    shows it is alive; a scheduler silent for three of them counts as gone
+    (the connection breaks).
 
-    Raises ``TypeError`` when awaited instead of entered; on entering,
-    ``ValueError`` for another scheme (``http://``, say) or a malformed
-    address, when no token is found, or for an empty token; ``OSError`` if
-    the scheduler cannot be reached; ``AuthenticationError`` if it refuses
-    the token, or the handshake fails or takes over 10 seconds.  If
-    cancelled while connecting, the socket is closed and nothing is left
-    behind.
+    Raises ``TypeError`` when awaited instead of entered (the message says
+    to use ``async with``), ``RuntimeError`` when the same ``connect(...)``
+    is entered twice.  On entering, before anything is dialled:
+    ``TypeError`` for an address that is not a str, ``ValueError`` for
+    another scheme (``http://``, say) or a malformed address, when no
+    token is found, or for a ``heartbeat_interval`` that is not a positive
+    number.  Then ``OSError`` if the scheduler cannot be reached;
+    ``ValueError`` for an empty token, ``TypeError`` or ``ValueError`` for
+    a ``max_frame_size`` that is not an int from 10 to ``2**32 - 1``;
+    ``AuthenticationError`` if the scheduler refuses the token, or the
+    handshake fails or takes over 10 seconds.  If cancelled while
+    connecting, the socket is closed and nothing is left behind.
     """
-    return Connecting(address, token=token, name=name, max_frame_size=max_frame_size)
+    return Connecting(
+        address,
+        token=token,
+        name=name,
+        max_frame_size=max_frame_size,
+        heartbeat_interval=heartbeat_interval,
+    )
 
 
 class Connecting(AbstractAsyncContextManager["Client"]):

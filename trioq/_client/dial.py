@@ -20,6 +20,7 @@ import trio
 from .._exceptions import collapse_single_groups
 from .._impl import core
 from .._wire.auth import TOKEN_ENV
+from .._wire.heartbeat import HEARTBEAT_INTERVAL, check_interval
 from .._wire.transport import FramedConnection
 from .session import Session
 
@@ -89,25 +90,27 @@ async def open_session(
     token: str | None = None,
     name: str | None = None,
     max_frame_size: int = core.DEFAULT_MAX_FRAME_SIZE,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> AsyncIterator[Session]:
     """Connect, authenticate and run a session; see ``trioq.connect`` for the errors.
 
     If cancelled while connecting, the socket is closed and nothing is left
     behind.  Leaving the block closes the session (see ``Session.aclose``).
     """
+    check_interval(heartbeat_interval)
     host, port = parse_address(address)
     address = format_address(host, port)  # one spelling: tokens of local clusters match
     secret = resolve_token(address, token)
     stream = await trio.open_tcp_stream(host, port)
-    connection = FramedConnection(stream, max_frame_size=max_frame_size)
     try:
+        connection = FramedConnection(stream, max_frame_size=max_frame_size)
         session_id = await connection.client_handshake(
             secret, name or f"{socket.gethostname()}:{os.getpid()}"
         )
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    session = Session(connection, session_id, address)
+    session = Session(connection, session_id, address, heartbeat_interval=heartbeat_interval)
     with collapse_single_groups():
         async with trio.open_nursery() as nursery:
             session.nursery = nursery

@@ -140,7 +140,10 @@ class Queue:
         a ``maxsize`` that differs from the existing queue's, ``LookupError``
         for an item holding a released future.  A put that used credit did
         not wait for the scheduler: its refusal is raised by this client's
-        next put on the queue.  If cancelled, the item was not put.  Always a
+        next put on the queue.  If cancelled, the item was not put, unless
+        the scheduler gave no verdict within ``VERDICT_GRACE`` seconds (a
+        frozen scheduler or link: the caller's deadline wins), when it may
+        still be.  Always a
         cancel point; a put covered by credit switches tasks only once every
         ``SCHEDULE_EVERY`` items (see the queues guide).
         """
@@ -331,7 +334,11 @@ class Queue:
                 if waiter.event.is_set():
                     waiter.event = trio.Event()
                 if not link.fetching and link.top_up is None:
-                    await self._fetch(n, wait=True)
+                    try:
+                        with trio.CancelScope() as waiter.asking:
+                            await self._fetch(n, wait=True)
+                    finally:
+                        waiter.asking = None
                 else:
                     await waiter.event.wait()
             check_open(endpoint)
@@ -351,9 +358,19 @@ class Queue:
         if wait:
             link.fetching = True
         leased: list[tuple[int, bytes]] = []
+
+        def settle(pending: Pending) -> None:
+            """A verdict that came after the caller gave up: its items are the line's."""
+            if pending.op == Op.REPLY:
+                late = decode_reply(Items, pending.payload)
+                link.deliver(list(enumerate(late.items, late.first_lease)))
+
         try:
             reply = await self._session.request(
-                QueueGet(link.name, max(n, self._prefetch), wait), Items, on_cancel="outcome"
+                QueueGet(link.name, max(n, self._prefetch), wait),
+                Items,
+                on_cancel="outcome",
+                settle=settle,
             )
             leased = list(enumerate(reply.items, reply.first_lease))
         finally:

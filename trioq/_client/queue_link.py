@@ -42,12 +42,15 @@ Leased = tuple[int, bytes]  # (lease number, item)
 class Waiter:
     """One task waiting in ``get`` for up to ``want`` items."""
 
-    __slots__ = ("want", "items", "event")
+    __slots__ = ("want", "items", "event", "asking")
 
     def __init__(self, want: int) -> None:
         self.want = want
         self.items: list[Leased] = []  # handed to it, not yet taken
         self.event = trio.Event()  # set when it has items or should ask the scheduler
+        #: While it asks the scheduler for the line: cancelled if it is served
+        #: meanwhile (a late answer, say), so it does not wait on for more.
+        self.asking: trio.CancelScope | None = None
 
 
 class QueueLink:
@@ -136,6 +139,8 @@ class QueueLink:
                 take = min(waiter.want, len(buffer))
                 waiter.items = [buffer.popleft() for _ in range(take)]
                 waiter.event.set()
+                if waiter.asking is not None:
+                    waiter.asking.cancel()  # its request is withdrawn; what it brings is delivered
         self.nudge()
         if self.released and not self.waiters:
             self.give_back()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import trio
@@ -35,6 +36,7 @@ import trio
 from .._exceptions import ProtocolError, RemoteProtocolError, refusal
 from .._impl import core
 from .._wire.flow_messages import Barrier, BarrierDone, LeaseRecall
+from .._wire.heartbeat import HEARTBEAT_INTERVAL, keep_alive, on_ping
 from .._wire.messages import (
     FLAG_AWAITED,
     Cancel,
@@ -69,7 +71,10 @@ CancelMode = Literal["abandon", "withdraw", "outcome"]
 #: items) between two switches to other tasks; every call is a cancel point.
 #: A constant of the library, not a setting.
 SCHEDULE_EVERY = 16
-VERDICT_TIMEOUT = 10.0  # seconds a cancelled call waits for the scheduler's verdict
+#: Seconds a cancelled call waits for the scheduler's verdict before the
+#: cancellation stands without it (the caller's deadline wins; the verdict is
+#: settled when it comes, see ``Session.request``).
+VERDICT_GRACE = 0.5
 CLOSE_TIMEOUT = 5.0  # seconds a closing client waits for the scheduler to finish
 ENDED_KEPT = 4096  # task ends kept for futures not read yet (older ones: TaskWatch tells)
 
@@ -105,12 +110,21 @@ class Session:
     futures by key), ``serializer``, ``outbox`` and ``connection``.
     """
 
-    def __init__(self, connection: FramedConnection, session_id: int, address: str) -> None:
+    def __init__(
+        self,
+        connection: FramedConnection,
+        session_id: int,
+        address: str,
+        *,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
         #: The scheduler's address, ``tcp://host:port``.
         self.address = address
         #: The id the scheduler gave this connection (shown by ``status``).
         self.id = session_id
         self.connection = connection
+        #: Seconds between signs of life; silent for ``MISSED_BEATS`` of them: broken.
+        self.heartbeat_interval = heartbeat_interval
         self.pending: dict[int, Pending] = {}
         self.next_request = 1
         self.calls_since_switch = 0  # served from local state (see count_local_call)
@@ -168,9 +182,7 @@ class Session:
         if self.closed:  # closed by its owner: trio's "you closed it"
             raise trio.ClosedResourceError("this client was closed")
         if self.broken is not None:
-            raise trio.BrokenResourceError("the connection to the scheduler is broken") from (
-                self.broken
-            )
+            raise trio.BrokenResourceError(self.broken_text()) from self.broken
 
     def send_request(self, message: Message, late: Callable[[Pending], None] | None = None) -> int:
         """Send ``message`` without waiting; ``late`` (if given) gets its answer."""
@@ -225,6 +237,7 @@ class Session:
         *,
         on_cancel: CancelMode = "abandon",
         late: Callable[[Pending], None] = _ignore,
+        settle: Callable[[Pending], None] = _ignore,
     ) -> M:
         """Send ``message`` and wait for its answer (a ``reply_type`` or an error).
 
@@ -233,7 +246,11 @@ class Session:
         that still comes to ``late``; ``outcome`` withdraws too but waits
         (shielded, until the answer or the connection's end) for the verdict,
         returning the answer if the request had already been carried out, so
-        the caller always knows what happened.
+        the caller always knows what happened.  That wait lasts at most
+        ``VERDICT_GRACE`` seconds (a frozen scheduler or link must not hold
+        the caller past its deadline): then the cancellation stands and
+        ``settle`` gets the verdict when it comes (or the end of the
+        connection), to put right what was carried out after all.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         request_id = self.send_request(message)
@@ -255,20 +272,26 @@ class Session:
                 pending.late = late
                 raise
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(VERDICT_TIMEOUT):
+                with trio.move_on_after(VERDICT_GRACE):
                     await pending.event.wait()
-                if not pending.event.is_set():
-                    # A scheduler that cannot answer is as good as gone: break the
-                    # connection (its disconnect settles the outcome) and say so.
-                    await self.abort(trio.TooSlowError("no verdict from the scheduler"))
-                    raise trio.BrokenResourceError(
-                        f"the scheduler gave no verdict in {VERDICT_TIMEOUT} s; "
-                        "connection closed, so the request was undone or completed there"
-                    ) from self.broken
+            if not pending.event.is_set():
+                pending.late = settle  # the caller has gone: the verdict is settled later
+                raise
+            if pending.op == 0:
+                raise  # the connection ended first: the cancellation stands (see above)
             if pending.op == Op.ERROR and self._is_withdrawn(pending):
                 raise  # not carried out: the cancellation stands
             return self.result(pending, reply_type)  # done, or failed for another reason
         return self.result(pending, reply_type)
+
+    async def _silent(self, seconds: float) -> None:
+        """The scheduler (or the link to it) has been silent too long: break the session."""
+        await self.abort(
+            trio.TooSlowError(
+                f"nothing from the scheduler at {self.address} for {seconds:.1f} s "
+                f"(heartbeat every {self.heartbeat_interval:g} s): frozen or unreachable"
+            )
+        )
 
     async def abort(self, reason: BaseException) -> None:
         if self.broken is None:
@@ -290,10 +313,15 @@ class Session:
             raise self.error_of(pending)
         return decode_reply(reply_type, pending.payload)
 
+    def broken_text(self) -> str:
+        """ "The connection is broken", and why."""
+        cause = "" if self.broken is None else f": {self.broken}"
+        return f"the connection to the scheduler is broken{cause}"
+
     def error_of(self, pending: Pending) -> BaseException:
         """The exception an ``ERROR`` answer stands for."""
         if pending.op != Op.ERROR:  # no answer: the connection ended first
-            error = trio.BrokenResourceError("the connection to the scheduler is broken")
+            error = trio.BrokenResourceError(self.broken_text())
             error.__cause__ = self.broken
             return error
         reply = decode_reply(ErrorReply, pending.payload)
@@ -302,6 +330,9 @@ class Session:
     # -- the reader -------------------------------------------------------------------
 
     def on_frame(self, frame: Any) -> None:
+        if frame.op == Op.PING:
+            on_ping(self.connection, frame.payload)  # a sign of life, and the peer's beat
+            return
         if frame.op != Op.REPLY and frame.op != Op.ERROR:
             self.on_notice(decode_notice(frame.op, frame.payload))
             return
@@ -389,6 +420,15 @@ class Session:
                 nursery.start_soon(self.connection.run_writer)
                 nursery.start_soon(self.outbox.run_ack_timer)
                 nursery.start_soon(return_idle_leases, self)
+                nursery.start_soon(
+                    partial(
+                        keep_alive,
+                        self.connection,
+                        self.heartbeat_interval,
+                        self._silent,
+                        first=True,  # announces this client's interval; the scheduler answers
+                    )
+                )
                 try:
                     await self.connection.run_reader(self.on_frame)
                     if not self.closed:

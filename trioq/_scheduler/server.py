@@ -32,6 +32,7 @@ from .._exceptions import (
 )
 from .._impl import core
 from .._wire.auth import generate_token, token_bytes
+from .._wire.heartbeat import HEARTBEAT_INTERVAL, check_interval, keep_alive, on_ping
 from .._wire.messages import (
     FLAG_AWAITED,
     REPLY_OVERHEAD,
@@ -73,7 +74,11 @@ class Scheduler:
     missing token on a non-loopback host, an empty token, a
     ``max_frame_size`` too small for an answer, a ``dispatch`` other than
     "pull" or "push", or a negative ``prefetch`` (``TypeError`` for one
-    that is not an int).
+    that is not an int), or a ``heartbeat_interval`` that is not a positive
+    number.  ``heartbeat_interval``: an idle connection gets a ping that
+    often, and a connection silent for three of them is closed (a frozen
+    client or link; what it held returns to its queues); ``worker_timeout``
+    is the silence after which a worker's tasks go elsewhere.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class Scheduler:
         dispatch: str = "pull",
         prefetch: int = 1,
         worker_timeout: float = WORKER_TIMEOUT,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         if token is None and not is_loopback(host):
             raise ValueError(
@@ -101,6 +107,9 @@ class Scheduler:
             raise ValueError(f"max_frame_size must be at least {2 * REPLY_OVERHEAD} bytes")
         self.max_frame_size = max_frame_size
         self.worker_timeout = worker_timeout
+        #: Seconds between signs of life on an idle connection; a client silent
+        #: for ``MISSED_BEATS`` of them is closed (its leases return to their queues).
+        self.heartbeat_interval = check_interval(heartbeat_interval)
         self.state = SchedulerState(
             max_item_bytes=max_frame_size - REPLY_OVERHEAD, dispatch=dispatch, prefetch=prefetch
         )
@@ -166,6 +175,14 @@ class Scheduler:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(connection.run_writer)
+
+                async def silent(seconds: float) -> None:
+                    log.warning(
+                        "client %d (%s) silent for %.1f s: closing it", conn_id, name, seconds
+                    )
+                    await trio.aclose_forcefully(connection.stream)
+
+                nursery.start_soon(keep_alive, connection, self.heartbeat_interval, silent)
                 try:
                     await connection.run_reader(
                         lambda frame: self._on_frame(conn_id, frame), backpressure=True
@@ -201,6 +218,9 @@ class Scheduler:
 
     def _on_frame(self, conn_id: int, frame: Any) -> None:
         try:
+            if frame.op == Op.PING:
+                on_ping(self._connections[conn_id], frame.payload)  # a sign of life, and its beat
+                return
             message = decode_request(frame.op, frame.payload)
         except RemoteProtocolError as exc:
             # Tell the client what was wrong, then close this connection only.

@@ -89,6 +89,7 @@ class Op(enum.IntEnum):
     QUEUE_ERROR = 13  # scheduler to client, unsolicited: a one-way request failed
     BARRIER = 14  # scheduler to client, unsolicited: answer once what you sent is in
     BARRIER_DONE = 15  # (messages in flow_messages)
+    PING = 16  # either way, no payload: "I am alive" (see heartbeat)
     # queues
     QUEUE_OPEN = 20
     QUEUE_PUT = 21
@@ -163,6 +164,7 @@ def _is_optional(check: _Check) -> _Check:
 _CHECKS: dict[str, _Check] = {
     "str": lambda v: type(v) is str,
     "int": _is_int,
+    "float": lambda v: type(v) is float,
     "bool": lambda v: type(v) is bool,
     "bytes": lambda v: type(v) is bytes,
     "list[bytes]": _is_list_of(lambda v: type(v) is bytes),

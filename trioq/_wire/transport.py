@@ -84,6 +84,9 @@ class FramedConnection:
         posix = os.name == "posix"
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) and posix else None
         self.last_received = trio.current_time()  # when bytes last came in
+        #: The heartbeat interval the peer announced (see ``heartbeat``), once it has.
+        self.peer_interval: float | None = None
+        self.peer_interval_changed = trio.Event()
         #: Called by the writer just before it takes the buffer: the owner's
         #: chance to turn deferred work (acknowledgements, gathered puts) into frames.
         self.before_flush: Callable[[], None] | None = None
@@ -95,6 +98,11 @@ class FramedConnection:
     @property
     def max_frame_size(self) -> int:
         return self._max_frame_size
+
+    @property
+    def last_sent(self) -> float:
+        """When bytes were last handed to the socket (``-inf``: never)."""
+        return self._last_flush
 
     @property
     def buffered(self) -> int:

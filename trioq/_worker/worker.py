@@ -14,9 +14,9 @@ Rules:
 * Payloads are unpickled here: a worker trusts its scheduler, which it
   authenticated with the shared token.
 * Leaving ``run`` (cancellation, or the scheduler going away) closes the
-  connection; the scheduler then reschedules what was running.  A
-  heartbeat every ``HEARTBEAT_INTERVAL`` seconds tells the scheduler the
-  worker is alive while its tasks run long; a silent worker counts as dead.
+  connection; the scheduler then reschedules what was running.  The
+  session's heartbeat (``_wire.heartbeat``) tells the scheduler the worker
+  is alive while its tasks run long; a silent worker counts as dead.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from .._client.client import Client
 from .._client.connect import connect
 from .._client.current import task_client
 from .._client.session import Session, session_of
+from .._wire.heartbeat import HEARTBEAT_INTERVAL, check_interval
 from .._wire.messages import Message, Ok
 from .._wire.task_messages import (
-    Heartbeat,
     TaskAbort,
     TaskAssign,
     TaskDone,
@@ -49,8 +49,6 @@ from .threads import ThreadCall, ThreadLanes
 __all__ = ["Worker", "HEARTBEAT_INTERVAL"]
 
 logger = logging.getLogger("trioq.worker")
-
-HEARTBEAT_INTERVAL = 2.0  # seconds; the scheduler's worker_timeout should be several of these
 
 
 def _is_async(fn: Any) -> bool:
@@ -78,6 +76,7 @@ class Worker:
         name: str | None = None,
         nthreads: int = 1,
         series: Iterable[str] = (),
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         if type(nthreads) is not int or nthreads < 1:
             raise ValueError(f"nthreads must be a positive int, got {nthreads!r}")
@@ -88,12 +87,16 @@ class Worker:
             raise TypeError("series must be an iterable of series names, not one string")
         self.series = [str(s) for s in series]
         self._token = token
+        self._heartbeat_interval = check_interval(heartbeat_interval)
         self._slots = trio.Semaphore(nthreads)  # async tasks running at once
         self._lanes = ThreadLanes(nthreads, self._thread_call_ended)  # plain functions
         self._running: dict[str, trio.CancelScope | ThreadCall] = {}  # abortable by key
         self._client: Client | None = None  # what worker_client() gives its tasks
         self._session: Session | None = None
         self._nursery: trio.Nursery | None = None
+        #: Why ``run`` returned: the scheduler closed the connection, it broke, or
+        #: it went silent (None while running, or when ``run`` was cancelled).
+        self.lost: BaseException | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, announce the slots, run tasks until cancelled or disconnected.
@@ -108,7 +111,12 @@ class Worker:
         its result discarded).
         """
         async with (
-            connect(self.address, token=self._token, name=self.name) as client,
+            connect(
+                self.address,
+                token=self._token,
+                name=self.name,
+                heartbeat_interval=self._heartbeat_interval,
+            ) as client,
             trio.open_nursery() as nursery,
         ):
             # Ready for tasks before saying hello: a push scheduler deals at once.
@@ -118,20 +126,13 @@ class Worker:
             session.task_handler = self._on_task_message
             await session.request(WorkerHello(self.name, self.nthreads, self.series), Ok)
             session.send_oneway(WorkerReady(self.nthreads))
-            nursery.start_soon(self._heartbeat)
             token = task_client.set(client)  # the lanes' threads see it too
             nursery.start_soon(self._lanes.run)
             task_client.reset(token)
             task_status.started()
             await session.done.wait()  # the connection ended
+            self.lost = session.broken
             nursery.cancel_scope.cancel()
-
-    async def _heartbeat(self) -> None:
-        """Tell the scheduler this worker is alive, even while its tasks run long."""
-        assert self._session is not None
-        while not self._session.closed and self._session.broken is None:
-            self._session.send_oneway(Heartbeat())
-            await trio.sleep(HEARTBEAT_INTERVAL)
 
     @property
     def running(self) -> int:
