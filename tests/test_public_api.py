@@ -9,6 +9,7 @@ addresses and timeouts.
 from __future__ import annotations
 
 import builtins
+import importlib
 import subprocess
 import sys
 from typing import Any
@@ -126,3 +127,30 @@ async def test_outer_cancel_of_variable_get_with_timeout_is_not_turned_into_too_
             with trio.move_on_after(0.05) as outer:
                 await client.variable("never-set").get(timeout=WAIT)
             assert outer.cancelled_caught
+
+
+def test_signatures_written_out_in_the_api_page_list_every_real_parameter() -> None:
+    """A signature given by hand in docs/api.rst cannot drift from the function's."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "api.rst").read_text()
+    written = re.findall(r"^\.\. auto(?:function|class):: (trioq\.[\w.]+)\((.*)\)$", page, re.M)
+    checked = 0
+    for dotted, params in written:
+        if not params:
+            continue  # "Name()": the signature is left out on purpose
+        obj: Any = importlib.import_module("trioq")
+        for part in dotted.split(".")[1:]:
+            obj = getattr(obj, part)
+        real = [
+            name
+            for name, p in inspect.signature(obj).parameters.items()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        shown = [p.split("=")[0].strip() for p in params.split(",")]
+        shown = [name for name in shown if name not in ("*", "/")]
+        assert shown == real, f"{dotted}: the api page shows {shown}, the code has {real}"
+        checked += 1
+    assert checked >= 2  # connect and open_cluster at least

@@ -439,6 +439,19 @@ class Client:
 
         return as_completed(futures)
 
+    async def flush(self) -> None:
+        """Wait until the scheduler has taken everything this client sent before the call.
+
+        A returned ``put`` (or ``append``, or an acknowledgement of a get) is
+        taken by the connection: written, or about to be, in order.  After
+        ``flush`` returns it is applied in the scheduler, and a put that was
+        refused there (the queue closed or deleted meanwhile) raises its
+        error here.  Raises ``trio.BrokenResourceError`` if the connection
+        breaks first: then what was sent since the last flush that returned
+        may be lost.  Cancelling the wait changes nothing that was sent.
+        """
+        await self._session.flush()
+
     async def status(self) -> dict[str, Any]:
         """The scheduler's queues, variables and clients, as plain data.
 

@@ -409,6 +409,15 @@ class Queue:
 
     # -- other operations ---------------------------------------------------------------
 
+    async def flush(self) -> None:
+        """Wait until the scheduler has taken every put this client made before the call.
+
+        Raises the first refusal of this queue's puts nobody has seen (see
+        ``put``), ``trio.BrokenResourceError`` if the connection breaks
+        first (see ``Client.flush``).
+        """
+        await self._session.flush([self._link])
+
     async def statistics(self) -> QueueStatistics:
         """The queue's figures in trio's shape, cluster-wide, with queued and leased apart.
 

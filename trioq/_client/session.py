@@ -35,7 +35,7 @@ import trio
 
 from .._exceptions import ProtocolError, RemoteProtocolError, refusal
 from .._impl import core
-from .._wire.flow_messages import Barrier, BarrierDone, LeaseRecall
+from .._wire.flow_messages import Barrier, BarrierDone, LeaseRecall, Sync
 from .._wire.heartbeat import HEARTBEAT_INTERVAL, keep_alive, on_ping
 from .._wire.messages import (
     FLAG_AWAITED,
@@ -45,6 +45,7 @@ from .._wire.messages import (
     ErrorNotice,
     ErrorReply,
     Message,
+    Ok,
     Op,
     Pushed,
     QueueReturn,
@@ -283,6 +284,18 @@ class Session:
                 raise  # not carried out: the cancellation stands
             return self.result(pending, reply_type)  # done, or failed for another reason
         return self.result(pending, reply_type)
+
+    async def flush(self, links: list[Any] | None = None) -> None:
+        """Wait until the scheduler has applied everything this session sent so far.
+
+        Then raise the first refusal of a one-way put (credited, unanswered)
+        on ``links`` (default: every queue) that nobody has seen yet.
+        """
+        await self.request(Sync(), Ok)
+        for link in self.queue_links.values() if links is None else links:
+            error, link.error = link.error, None
+            if error is not None:
+                raise error
 
     async def _silent(self, seconds: float) -> None:
         """The scheduler (or the link to it) has been silent too long: break the session."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .._wire.flow_messages import BarrierDone, LeaseRecall, QueueStatistics, QueueStats
+from .._wire.flow_messages import BarrierDone, LeaseRecall, QueueStatistics, QueueStats, Sync
 from .._wire.messages import (
     REPLY_OVERHEAD,
     Ack,
@@ -471,6 +471,9 @@ class SchedulerState(QueueFlow):
         )
         out.append(Reply(conn, rid, figures))
 
+    def _on_sync(self, conn: int, rid: int, msg: Sync, out: Out) -> None:
+        out.append(Reply(conn, rid, Ok()))  # everything before it is applied: in order
+
     def _on_status(self, conn: int, rid: int, msg: Status, out: Out) -> None:
         out.append(Reply(conn, rid, StatusReport(self.status())))
 
@@ -490,6 +493,7 @@ class SchedulerState(QueueFlow):
         Status: _on_status,
         QueueStats: _on_queue_stats,
         CreditReturn: _on_credit_return,
+        Sync: _on_sync,
     }
 
     def _answered(self, conn: int, rid: int) -> None:

@@ -11,6 +11,8 @@ decoding).
   connection arrive in order, so the answer proves it; the scheduler uses
   this to make one client's call wait for what other clients' calls that
   returned earlier sent (see ``_scheduler.barriers``).
+* ``Sync``: answered ``Ok`` once the scheduler has applied everything the
+  connection sent before it (``Client.flush``, ``Queue.flush``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import dataclasses
 
 from .messages import Message, Op, _message, _notice, _request
 
-__all__ = ["QueueStats", "QueueStatistics", "LeaseRecall", "Barrier", "BarrierDone"]
+__all__ = ["QueueStats", "QueueStatistics", "LeaseRecall", "Barrier", "BarrierDone", "Sync"]
 
 
 @_request
@@ -79,3 +81,11 @@ class BarrierDone(Message):
 
     OP = Op.BARRIER_DONE
     number: int
+
+
+@_request
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sync(Message):
+    """Answered ``Ok`` once everything this connection sent before it is applied."""
+
+    OP = Op.SYNC

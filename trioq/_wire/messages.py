@@ -89,7 +89,8 @@ class Op(enum.IntEnum):
     QUEUE_ERROR = 13  # scheduler to client, unsolicited: a one-way request failed
     BARRIER = 14  # scheduler to client, unsolicited: answer once what you sent is in
     BARRIER_DONE = 15  # (messages in flow_messages)
-    PING = 16  # either way, no payload: "I am alive" (see heartbeat)
+    PING = 16  # either way: "I am alive", with the sender's interval (see heartbeat)
+    SYNC = 17  # answered once everything sent before it is applied (flow_messages)
     # queues
     QUEUE_OPEN = 20
     QUEUE_PUT = 21
