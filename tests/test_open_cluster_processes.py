@@ -232,6 +232,7 @@ async def test_a_worker_process_exits_with_status_1_when_its_scheduler_goes_away
     async with AsyncExitStack() as stack:
         async with trioq.open_cluster() as cluster:
             command = [sys.executable, "-m", "trioq", "worker", cluster.address, "--name", "w"]
+            command += ["--reconnect-timeout", "0.5"]
             worker = await stack.enter_async_context(
                 procs.started(
                     command,
@@ -244,7 +245,7 @@ async def test_a_worker_process_exits_with_status_1_when_its_scheduler_goes_away
         status, _ = await worker.finish()  # no signal: the connection ended
         assert status == 1, worker.describe()
         said = (tmp_path / "worker.err").read_text()
-        assert f"stopping: lost the scheduler at {cluster.address}" in said, said
+        assert f"stopping: lost the scheduler at {cluster.address}, not back within 0.5 s" in said
 
 
 async def test_the_cluster_command_starts_a_killed_worker_again(tmp_path: Path) -> None:

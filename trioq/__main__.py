@@ -139,6 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--series", action="append", default=[], help="a series this worker runs (repeatable)"
     )
+    worker.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to keep trying to reach a lost scheduler before exiting (60; 0: never)",
+    )
     # For a launcher (``WorkerProcesses``): a pipe to write to once the worker joined.
     worker.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     # For a launcher: a pipe whose end-of-file means the launcher is gone.
@@ -274,6 +280,7 @@ async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
         nthreads=args.nthreads,
         series=args.series,
         heartbeat_interval=args.heartbeat_interval,
+        reconnect_timeout=args.reconnect_timeout,
     )
     orphaned: list[str] = []
 
@@ -300,7 +307,8 @@ async def _run_worker(args: argparse.Namespace, token: str | None) -> None:
     if orphaned:
         raise WorkerLeft(f"stopping: {orphaned[0]}")
     if worker.lost is not None:
-        raise WorkerLeft(f"stopping: lost the scheduler at {args.address} ({worker.lost})")
+        tried = f", not back within {args.reconnect_timeout:g} s" if args.reconnect_timeout else ""
+        raise WorkerLeft(f"stopping: lost the scheduler at {args.address}{tried} ({worker.lost})")
     print("trioq worker stopped", flush=True)
 
 

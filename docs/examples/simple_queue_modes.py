@@ -24,7 +24,7 @@ import trioq
 
 N = 3000  # items for the throughput run
 M = 200  # items for the split run
-SLOW_WORK = 0.002  # seconds the slow consumer "works" on each item (simulated)
+SLOW_WORK = 0.01  # seconds the slow consumer "works" on each item (simulated)
 MODES = [("pull", 16), ("push", 16), ("push", 64)]  # (mode, window); window: push only
 
 

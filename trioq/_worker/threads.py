@@ -62,6 +62,15 @@ class ThreadLanes:
         self._idle = trio.lowlevel.ParkingLot()  # lanes with nothing to do wait here
         self._limiter = trio.CapacityLimiter(nthreads)
 
+    def busy(self) -> int:
+        """Calls running in a thread now (an abandoned one holds its lane until it returns)."""
+        return int(self._limiter.borrowed_tokens)
+
+    def drop_queued(self) -> list[ThreadCall]:
+        """Forget the calls not started yet (their connection is gone); they never report."""
+        dropped, self._queue = list(self._queue), deque()
+        return dropped
+
     def submit(self, call: ThreadCall) -> None:
         """Queue a call for the next free lane (never blocks)."""
         self._queue.append(call)

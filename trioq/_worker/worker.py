@@ -35,6 +35,7 @@ from .._client.client import Client
 from .._client.connect import connect
 from .._client.current import task_client
 from .._client.session import Session, session_of
+from .._exceptions import AuthenticationError
 from .._wire.heartbeat import HEARTBEAT_INTERVAL, check_interval
 from .._wire.messages import Message, Ok
 from .._wire.task_messages import (
@@ -46,9 +47,13 @@ from .._wire.task_messages import (
 )
 from .threads import ThreadCall, ThreadLanes
 
-__all__ = ["Worker", "HEARTBEAT_INTERVAL"]
+__all__ = ["Worker", "HEARTBEAT_INTERVAL", "RECONNECT_TIMEOUT"]
 
 logger = logging.getLogger("trioq.worker")
+
+RECONNECT_TIMEOUT = 60.0  # seconds a worker keeps trying to reach a lost scheduler
+RECONNECT_DELAY = 0.1  # first pause before it tries again; doubles ...
+MAX_RECONNECT_DELAY = 5.0  # ... up to this
 
 
 def _is_async(fn: Any) -> bool:
@@ -77,6 +82,7 @@ class Worker:
         nthreads: int = 1,
         series: Iterable[str] = (),
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        reconnect_timeout: float = RECONNECT_TIMEOUT,
     ) -> None:
         if type(nthreads) is not int or nthreads < 1:
             raise ValueError(f"nthreads must be a positive int, got {nthreads!r}")
@@ -88,6 +94,10 @@ class Worker:
         self.series = [str(s) for s in series]
         self._token = token
         self._heartbeat_interval = check_interval(heartbeat_interval)
+        if not isinstance(reconnect_timeout, int | float) or reconnect_timeout < 0:
+            raise ValueError(f"reconnect_timeout must be a number >= 0, got {reconnect_timeout!r}")
+        #: Seconds it keeps trying to reconnect after losing the scheduler (0: never).
+        self.reconnect_timeout = float(reconnect_timeout)
         self._slots = trio.Semaphore(nthreads)  # async tasks running at once
         self._lanes = ThreadLanes(nthreads, self._thread_call_ended)  # plain functions
         self._running: dict[str, trio.CancelScope | ThreadCall] = {}  # abortable by key
@@ -99,17 +109,44 @@ class Worker:
         self.lost: BaseException | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, announce the slots, run tasks until cancelled or disconnected.
+        """Connect, announce the slots, run tasks until cancelled or the scheduler is gone.
 
-        Reports started once the scheduler has accepted it as a worker, and
-        returns when the scheduler closes the connection or it breaks.
-        Raises what ``trioq.connect`` raises: ``ValueError`` for a malformed
-        address or no token, ``OSError`` if the scheduler cannot be reached,
+        Reports started once the scheduler has accepted it as a worker.  When
+        the connection ends, it connects again, with a pause that doubles
+        from ``RECONNECT_DELAY`` up to ``MAX_RECONNECT_DELAY``, for up to
+        ``reconnect_timeout`` seconds, and registers afresh: the scheduler
+        has given the tasks that were running here to other workers, so
+        their results are dropped here, never reported twice.  It returns
+        once that time has passed without a connection (``lost`` says why)
+        or the token is refused.  The first connection raises what
+        ``trioq.connect`` raises: ``ValueError`` for a malformed address or
+        no token, ``OSError`` if the scheduler cannot be reached,
         ``AuthenticationError`` if it refuses the token.  Cancelling it
         closes the connection: the scheduler gives the tasks that were
         running here to other workers (a thread's call runs on to its end,
         its result discarded).
         """
+        cause = await self._serve(task_status)
+        lost_at, delay = trio.current_time(), RECONNECT_DELAY
+        while self.reconnect_timeout > 0:
+            remaining = lost_at + self.reconnect_timeout - trio.current_time()
+            if remaining <= 0:
+                break
+            await trio.sleep(min(delay, remaining))
+            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+            try:
+                cause = await self._serve(trio.TASK_STATUS_IGNORED)
+            except AuthenticationError as exc:
+                cause = exc
+                break
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                cause = exc  # not back yet
+            else:
+                lost_at, delay = trio.current_time(), RECONNECT_DELAY  # it was back a while
+        self.lost = cause
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> BaseException | None:
+        """One connection: register, run tasks until it ends; why it ended."""
         async with (
             connect(
                 self.address,
@@ -125,14 +162,25 @@ class Worker:
             self._nursery = nursery
             session.task_handler = self._on_task_message
             await session.request(WorkerHello(self.name, self.nthreads, self.series), Ok)
-            session.send_oneway(WorkerReady(self.nthreads))
+            # Threads still running calls of a lost connection hold their lanes.
+            session.send_oneway(WorkerReady(self.nthreads - self._lanes.busy()))
             token = task_client.set(client)  # the lanes' threads see it too
             nursery.start_soon(self._lanes.run)
             task_client.reset(token)
             task_status.started()
-            await session.done.wait()  # the connection ended
-            self.lost = session.broken
+            try:
+                await session.done.wait()  # the connection ended
+            finally:
+                self._forget_running()
             nursery.cancel_scope.cancel()
+        return session.broken
+
+    def _forget_running(self) -> None:
+        """The connection is gone: the scheduler reruns these elsewhere; drop their results."""
+        for call in self._lanes.drop_queued():
+            self._running.pop(call.key, None)
+        for running in self._running.values():
+            running.cancel()  # a thread's call runs on; its end only frees its lane
 
     @property
     def running(self) -> int:
