@@ -809,7 +809,20 @@ def test_status_counts_tasks_by_state_and_lists_workers() -> None:
     h.cancel(CLIENT, "d")
     report = h.task_status()
     assert report["tasks"] == {"finished": 1, "running": 1, "pending": 1, "cancelled": 1}
-    assert report["workers"] == [{"id": W1, "name": f"w{W1}", "slots": 2, "running": 1}]
+    assert report["workers"] == [
+        {"id": W1, "name": f"w{W1}", "slots": 2, "running": 1, "restarts": 0}
+    ]
+
+
+def test_status_counts_a_workers_restarts_by_its_name() -> None:
+    """A restarted or reconnected worker registers again under its name."""
+    h = Harness(CLIENT)
+    h.worker(W1)
+    h.disconnect(W1)
+    h.connect(W1 + 100)
+    h.send(W1 + 100, WorkerHello(f"w{W1}", 1, []))
+    (row,) = h.task_status()["workers"]
+    assert (row["name"], row["restarts"]) == (f"w{W1}", 1)
 
 
 # -- a state machine: random clients and workers ------------------------------------------

@@ -335,9 +335,10 @@ def _worker_row(worker: dict[str, Any]) -> dict[str, Any]:
     running: int = worker["running"]
     slots: int | None = worker.get("slots")  # absent from an older scheduler's report
     if slots is None:
-        return {**worker, "slots": "?", "busy": "?", "queued": "?"}
+        return {**worker, "slots": "?", "busy": "?", "queued": "?", "restarts": "?"}
     busy = min(running, slots)
-    return {**worker, "slots": slots, "busy": busy, "queued": running - busy}
+    restarts = worker.get("restarts", "?")
+    return {**worker, "slots": slots, "busy": busy, "queued": running - busy, "restarts": restarts}
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -359,7 +360,7 @@ def format_status(report: dict[str, Any]) -> str:
             "clients:",
             _format_table(report["clients"], ["id", "name", "address", "leases"]),
             "workers:",
-            _format_table(workers, ["id", "name", "slots", "busy", "queued"]),
+            _format_table(workers, ["id", "name", "slots", "busy", "queued", "restarts"]),
             "tasks:",
             "  "
             + (

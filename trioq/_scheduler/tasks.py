@@ -133,6 +133,9 @@ class TaskBoard:
         self._orphans: list[_Task] = []  # unfinished tasks that lost their last holder
         self._workers: dict[int, str] = {}  # conn -> worker name
         self._slots: dict[int, int] = {}  # conn -> tasks that worker runs at once
+        #: Worker name -> times a worker of that name registered (a restarted
+        #: or reconnected worker registers again under its name).
+        self._joins: dict[str, int] = {}
         self._told: dict[tuple[int, str], str] = {}  # (conn, key) -> status, for settle
 
     # -- requests --------------------------------------------------------------
@@ -163,6 +166,7 @@ class TaskBoard:
                 self._core.add_worker(conn, message.slots, message.series)
             self._workers[conn] = message.name
             self._slots[conn] = message.slots
+            self._joins[message.name] = self._joins.get(message.name, 0) + 1
             out.append(Reply(conn, rid, Ok()))
         elif isinstance(message, TaskCancel):
             self._cancel(message.key, out)
@@ -460,6 +464,7 @@ class TaskBoard:
                     "name": name,
                     "slots": self._slots[conn],
                     "running": len(self._core.worker_tasks(conn)),
+                    "restarts": self._joins.get(name, 1) - 1,
                 }
                 for conn, name in self._workers.items()
             ],
