@@ -26,6 +26,14 @@ __all__ = ["cluster"]
 TIMEOUT = 10
 
 
+async def receive_expecting_close(receive: Any, outcome: list[BaseException]) -> None:
+    """``receive.receive()``, keeping the ``ClosedResourceError`` it should raise."""
+    try:
+        await receive.receive()
+    except trio.ClosedResourceError as exc:
+        outcome.append(exc)
+
+
 @pytest.mark.parametrize("maxsize", [0, 10])
 async def test_send_right_after_closing_the_last_receiver_raises_broken_and_puts_nothing(
     cluster: Any, maxsize: int
@@ -70,14 +78,8 @@ async def test_closing_a_receive_endpoint_wakes_its_waiting_receive_with_closed_
             others = [receive.clone() for _ in range(clones)]
             outcome: list[BaseException] = []
 
-            async def waiting_receive() -> None:
-                try:
-                    await receive.receive()
-                except trio.ClosedResourceError as exc:
-                    outcome.append(exc)
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(waiting_receive)
+                nursery.start_soon(receive_expecting_close, receive, outcome)
                 await trio.testing.wait_all_tasks_blocked()
                 if closer == "close":
                     receive.close()
@@ -126,14 +128,8 @@ async def test_a_receive_closed_just_as_its_item_arrives_hands_the_item_on(
             send = producer.queue("q").open_send_channel()
             outcome: list[BaseException] = []
 
-            async def waiting_receive() -> None:
-                try:
-                    await receive.receive()
-                except trio.ClosedResourceError as exc:
-                    outcome.append(exc)
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(waiting_receive)
+                nursery.start_soon(receive_expecting_close, receive, outcome)
                 await trio.testing.wait_all_tasks_blocked()
                 await send.send("in flight")
                 receive.close()  # the item's answer may be in flight or arrived
