@@ -50,6 +50,11 @@ class FaultProxy:
         task_status.started(self.address)
         await trio.serve_listeners(self._link, listeners)
 
+    @property
+    def live(self) -> int:
+        """Links forwarding now (accepted, and connected to the target)."""
+        return len(self._links)
+
     # -- faults ------------------------------------------------------------------
 
     def freeze(self) -> None:

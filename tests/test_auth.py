@@ -314,3 +314,30 @@ def test_the_scheduler_import_closure_holds_no_pickle_module() -> None:
     modules, location = result.stdout.splitlines()
     assert modules == "[]", f"the scheduler's imports pulled in {modules}"
     assert location.endswith(os.path.join("trioq", "__init__.py"))
+
+
+async def test_a_wrong_token_is_refused_and_a_cut_handshake_is_not() -> None:
+    """``AuthenticationError.refused`` tells "no" from "no answer": retrying may help only then."""
+    from faultproxy import FaultProxy
+
+    async with trioq.open_cluster() as cluster, trio.open_nursery() as nursery:
+        with trio.fail_after(10):
+            with pytest.raises(trioq.AuthenticationError) as refused:
+                async with trioq.connect(cluster.address, token="not-the-token"):
+                    pass
+            assert refused.value.refused
+            proxy = FaultProxy.to(cluster.address)
+            await nursery.start(proxy.serve)
+            proxy.freeze()
+
+            async def cut_soon() -> None:
+                while not proxy.live:  # noqa: ASYNC110 (nothing to wait on)
+                    await trio.sleep(0.01)
+                proxy.cut()
+
+            nursery.start_soon(cut_soon)
+            with pytest.raises(trioq.AuthenticationError) as cut:
+                async with trioq.connect(proxy.address, token=cluster.token):
+                    pass
+            assert not cut.value.refused
+        nursery.cancel_scope.cancel()

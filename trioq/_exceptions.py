@@ -61,7 +61,21 @@ class SerializationError(TrioqError, TypeError):
 
 
 class AuthenticationError(TrioqError):
-    """The peer did not prove it holds the cluster's token (or we could not)."""
+    """The peer did not prove it holds the cluster's token (or we could not).
+
+    ``refused`` is True when the peer said no (a wrong token, a malformed
+    handshake), False when the handshake was cut off or timed out: then
+    trying again may succeed (a reconnecting worker does).
+    """
+
+    refused = True
+
+    @classmethod
+    def cut_off(cls, message: str) -> AuthenticationError:
+        """The handshake did not finish: the connection broke or it took too long."""
+        error = cls(message)
+        error.refused = False
+        return error
 
 
 class RemoteError(TrioqError):

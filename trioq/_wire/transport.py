@@ -335,7 +335,9 @@ class FramedConnection:
                 return frame
             data = await self.stream.receive_some(HANDSHAKE_MAX_FRAME)
             if not data:
-                raise AuthenticationError("the peer closed the connection during the handshake")
+                raise AuthenticationError.cut_off(
+                    "the peer closed the connection during the handshake"
+                )
             self._decoder.feed(data)
 
     def _start_messages(self) -> None:
@@ -380,13 +382,15 @@ class FramedConnection:
                 client_id = handshake.receive_welcome(await self._receive_handshake_frame())
                 self._start_messages()
         except trio.TooSlowError:
-            raise AuthenticationError(
+            raise AuthenticationError.cut_off(
                 "the scheduler did not finish the handshake in time"
             ) from None
         except ProtocolError as exc:
             raise AuthenticationError(f"malformed handshake from the scheduler: {exc}") from None
         except (trio.BrokenResourceError, OSError) as exc:
-            raise AuthenticationError(f"connection lost during the handshake: {exc}") from None
+            raise AuthenticationError.cut_off(
+                f"connection lost during the handshake: {exc}"
+            ) from None
         return client_id
 
     async def _refuse(self, reason: str) -> None:

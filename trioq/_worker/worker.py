@@ -138,7 +138,8 @@ class Worker:
                 cause = await self._serve(trio.TASK_STATUS_IGNORED)
             except AuthenticationError as exc:
                 cause = exc
-                break
+                if exc.refused:
+                    break  # the token is refused: trying again cannot help
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 cause = exc  # not back yet
             else:
