@@ -132,3 +132,20 @@ async def test_an_idle_connection_is_kept_alive_by_pings_across_many_intervals()
 def test_a_heartbeat_interval_that_is_not_a_positive_number_is_refused(bad: Any) -> None:
     with pytest.raises(ValueError, match="heartbeat_interval must be a positive number"):
         trioq.Scheduler(heartbeat_interval=bad)
+
+
+async def test_the_scheduler_answers_a_clients_first_ping_with_its_own_interval() -> None:
+    """So a client set slower beats at the scheduler's pace from the start."""
+    from trioq._client.session import session_of
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            trioq.open_cluster(heartbeat_interval=INTERVAL) as cluster,
+            trioq.connect(cluster.address, heartbeat_interval=30) as client,
+        ):
+            await trio.testing.wait_all_tasks_blocked()  # its first ping has gone out
+            await client.status()  # a round trip after it: the answer came before
+            assert session_of(client).connection.peer_interval == INTERVAL
+            await trio.sleep(4 * LIMIT)  # quiet at its own 30 s pace, it would be dropped
+            await client.queue("q").put(1)
+            assert await client.queue("q").get() == 1

@@ -6,9 +6,12 @@ Rules (the cancellation contract of the product design):
   returns only once the items are committed, and raises ``trio.Cancelled``
   only if they were not.  With put credit (always, for an unbounded queue)
   the commit is local and instant: the frame is queued on the ordered
-  connection and the scheduler has reserved room for it.  Without credit
-  the put parks in the scheduler; a cancelled one is withdrawn and its
-  verdict awaited before returning.
+  connection and the scheduler has reserved room for it (``flush``
+  confirms it arrived).  Without credit the put parks in the scheduler; a
+  cancelled one is withdrawn and its verdict awaited before returning, for
+  at most ``VERDICT_GRACE`` seconds: a frozen scheduler or link must not
+  keep the caller past its deadline, so then the put may still be applied
+  (the one exception to the rule, at-least-once).
 * A ``get`` either took nothing, or returns its items: a cancelled get
   that waits in the scheduler is withdrawn and its verdict awaited (one
   round trip, shielded); if items had already been sent, the get returns
@@ -178,7 +181,7 @@ class Queue:
 
         Never waits for room; may take one round trip to ask the scheduler.
         ``trio.WouldBlock`` also when the connection's send buffer is full.
-        Otherwise raises what ``put`` raises.  If cancelled, the item was not put.
+        Otherwise raises what ``put`` raises, and behaves on cancellation as it does.
         """
         await self._put([self._session.serializer.dumps_item(item)], wait=False)
 
@@ -187,7 +190,8 @@ class Queue:
 
         ``ValueError`` if a bounded queue could never hold them all at once,
         ``LocalProtocolError`` if they do not fit in one frame; otherwise
-        raises what ``put`` raises.  If cancelled, none was put.
+        raises what ``put`` raises.  If cancelled, none was put (with the
+        exception ``put`` describes).
         """
         dumps = self._session.serializer.dumps_item
         data = [dumps(item) for item in items]

@@ -54,7 +54,8 @@ class QueueSendChannel(trio.abc.SendChannel[Any]):
 
         Raises ``trio.ClosedResourceError`` if this endpoint was closed,
         also when another task closes it while this send waits for room
-        (then the value was not put).
+        (then the value was not put, with the exception ``Queue.put``
+        describes for a scheduler that gives no verdict).
         """
         if self._closed:
             raise trio.ClosedResourceError("this send endpoint was closed")

@@ -406,7 +406,7 @@ class Session:
                 link.recall()
         elif isinstance(notice, ErrorNotice):
             link = self.queue_links.get(notice.queue)
-            if link is not None:
+            if link is not None and link.error is None:  # the first one nobody has seen
                 link.error = refusal(notice.kind, notice.message)
 
     def adopt_future(self, key: str) -> Future:

@@ -32,7 +32,13 @@ from .._exceptions import (
 )
 from .._impl import core
 from .._wire.auth import generate_token, token_bytes
-from .._wire.heartbeat import HEARTBEAT_INTERVAL, check_interval, keep_alive, on_ping
+from .._wire.heartbeat import (
+    HEARTBEAT_INTERVAL,
+    announce,
+    check_interval,
+    keep_alive,
+    on_ping,
+)
 from .._wire.messages import (
     FLAG_AWAITED,
     REPLY_OVERHEAD,
@@ -218,8 +224,10 @@ class Scheduler:
 
     def _on_frame(self, conn_id: int, frame: Any) -> None:
         try:
-            if frame.op == Op.PING:
-                on_ping(self._connections[conn_id], frame.payload)  # a sign of life, and its beat
+            if frame.op == Op.PING:  # a sign of life, and the client's beat
+                connection = self._connections[conn_id]
+                if on_ping(connection, frame.payload):
+                    announce(connection, self.heartbeat_interval)  # the scheduler's, in answer
                 return
             message = decode_request(frame.op, frame.payload)
         except RemoteProtocolError as exc:

@@ -116,13 +116,14 @@ class SchedulerState(QueueFlow):
         a barrier first (see ``barriers``): others may have opened endpoints.
         """
         out: Out = []
-        if self.barriers.holds(conn):
-            self._replay(conn, out, force=True)  # what it sent before leaving comes first
         self._release(self.barriers.left(conn), out)
-        if self._ends_a_stream(conn) and self.barriers.hold(conn, 0, _LEAVE, self._askable(), out):
+        if self.barriers.holds(conn):
+            # What it sent before leaving, then its leaving, wait for the barrier.
+            self.barriers.defer(conn, 0, _LEAVE)
             self._leaving.add(conn)
             return out
-        out.extend(self._disconnect_now(conn))
+        if not self._hold_leave(conn, out):
+            out.extend(self._disconnect_now(conn))
         return out
 
     def _disconnect_now(self, conn: int) -> Out:
@@ -227,20 +228,29 @@ class SchedulerState(QueueFlow):
         for conn in conns:
             self._replay(conn, out)
 
-    def _replay(self, conn: int, out: Out, *, force: bool = False) -> None:
-        """Run what ``conn`` held, in order, until done or held again (never if ``force``)."""
+    def _replay(self, conn: int, out: Out) -> None:
+        """Run what ``conn`` held, in order, until done or held again."""
         held = self.barriers.release(conn)
         replay = True  # the first one caused the hold: it is not held again
         while held:
             rid, message = held.popleft()
-            if message is _LEAVE:
+            if message is _LEAVE:  # last: what it sent before leaving has run
+                if not replay and self._hold_leave(conn, out):
+                    return
                 out.extend(self._disconnect_now(conn))
                 return
-            out.extend(self._apply(conn, rid, message, replay=replay or force))
+            out.extend(self._apply(conn, rid, message, replay=replay))
             replay = False
             if self.barriers.holds(conn):
                 self.barriers.requeue(conn, held)
                 return
+
+    def _hold_leave(self, conn: int, out: Out) -> bool:
+        """Hold ``conn``'s leaving behind a barrier if it ends a stream; True if held."""
+        if self._ends_a_stream(conn) and self.barriers.hold(conn, 0, _LEAVE, self._askable(), out):
+            self._leaving.add(conn)
+            return True
+        return False
 
     def _would_end(self, conn: int, msg: EndpointClose) -> bool:
         """Would this close leave the queue without endpoints of its kind?"""

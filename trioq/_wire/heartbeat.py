@@ -110,7 +110,9 @@ async def keep_alive(
             if connection.is_broken:
                 return
             now = trio.current_time()
-            silent = now - connection.last_received
+            # Reading paused for back pressure: the peer lives if it takes our bytes.
+            seen = connection.last_sent if connection.reading_paused else connection.last_received
+            silent = now - seen
             if silent > MISSED_BEATS * beat:
                 await on_silent(silent)
                 return

@@ -87,6 +87,9 @@ class FramedConnection:
         #: The heartbeat interval the peer announced (see ``heartbeat``), once it has.
         self.peer_interval: float | None = None
         self.peer_interval_changed = trio.Event()
+        #: The reader waits for the peer to take our answers (back pressure):
+        #: meanwhile the peer's signs of life are the bytes it takes (``last_sent``).
+        self.reading_paused = False
         #: Called by the writer just before it takes the buffer: the owner's
         #: chance to turn deferred work (acknowledgements, gathered puts) into frames.
         self.before_flush: Callable[[], None] | None = None
@@ -290,7 +293,11 @@ class FramedConnection:
                 if backpressure and self.over_high_water():
                     # A peer that sends requests but does not read the answers
                     # waits here, so our buffer for it stays bounded.
-                    await self.wait_writable()
+                    self.reading_paused = True
+                    try:
+                        await self.wait_writable()
+                    finally:
+                        self.reading_paused = False
         except BaseException as exc:
             self._mark_broken(exc)
             raise

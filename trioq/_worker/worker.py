@@ -164,7 +164,9 @@ class Worker:
             session.task_handler = self._on_task_message
             await session.request(WorkerHello(self.name, self.nthreads, self.series), Ok)
             # Threads still running calls of a lost connection hold their lanes.
-            session.send_oneway(WorkerReady(self.nthreads - self._lanes.busy()))
+            free = self.nthreads - self._lanes.busy()
+            if free > 0:
+                session.send_oneway(WorkerReady(free))
             token = task_client.set(client)  # the lanes' threads see it too
             nursery.start_soon(self._lanes.run)
             task_client.reset(token)
@@ -228,7 +230,8 @@ class Worker:
     def _thread_call_ended(self, call: ThreadCall, outcome: tuple[bool, Any] | None) -> None:
         """In the trio thread, from a lane: a plain-function task returned (or was skipped)."""
         try:
-            self._running.pop(call.key, None)
+            if self._running.get(call.key) is call:  # not a call of the key given again
+                del self._running[call.key]
             report: tuple[bool, bytes] | None = None
             if outcome is not None and not call.aborted:
                 assert self._session is not None
