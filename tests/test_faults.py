@@ -242,7 +242,8 @@ async def test_a_worker_whose_reconnect_handshake_is_cut_keeps_trying_and_rejoin
                 proxy.freeze()
                 proxy.cut()  # the worker's link: it dials again, into a frozen proxy
                 with trio.fail_after(5):
-                    await procs.poll_until(lambda: proxy.connections >= 2)
+                    # Linked through (not just accepted), so the cut reaches it.
+                    await procs.poll_until(lambda: proxy.connections >= 2 and proxy.live >= 1)
                 proxy.cut()  # its handshake, mid-way
                 proxy.thaw()
                 futures = [await client.submit(recorded, i, 0) for i in range(n)]

@@ -251,7 +251,12 @@ async def test_workers_killed_at_random_moments_lose_no_task_and_repeat_none(
                     nonlocal kills
                     # Random moments, measured in finished tasks so that they fall
                     # while tasks still run however fast the cluster is.
+                    # Two kills at most: a task dealt to three workers that all died
+                    # fails on purpose (WorkerLostError, the next test), and push
+                    # dispatch deals tasks ahead, so a third kill could make one.
                     for mark in sorted(rng.sample(range(count // 10, count * 7 // 10), 4)):
+                        if kills == 2:
+                            break
                         while sum(seen.values()) < mark:
                             await finished[0].wait()
                         busy = [n for n, r in (await workers_up(client)).items() if r]
