@@ -139,20 +139,25 @@ async def cluster_behind_proxy() -> AsyncIterator[tuple[Any, FaultProxy, trio.Nu
 # -- the worker-side link ---------------------------------------------------------------------
 
 
+def worker_behind(proxy: FaultProxy, cluster: Any, name: str, nthreads: int = 1) -> trioq.Worker:
+    """A worker that reaches ``cluster`` through ``proxy``, quick to notice and to come back."""
+    return trioq.Worker(
+        proxy.address,
+        token=cluster.token,
+        name=name,
+        nthreads=nthreads,
+        heartbeat_interval=INTERVAL,
+        reconnect_timeout=10,
+    )
+
+
 async def test_a_cut_worker_link_reconnects_and_every_task_resolves_once_with_its_value(
     record_property: Any,
 ) -> None:
     n = 30
     with trio.fail_after(TIMEOUT):
         async with cluster_behind_proxy() as (cluster, proxy, nursery):
-            worker = trioq.Worker(
-                proxy.address,
-                token=cluster.token,
-                name="behind-proxy",
-                nthreads=4,
-                heartbeat_interval=INTERVAL,
-                reconnect_timeout=10,
-            )
+            worker = worker_behind(proxy, cluster, "behind-proxy", nthreads=4)
             await nursery.start(worker.run)
             async with trioq.connect(cluster.address) as client:
                 futures = [await client.submit(recorded, i, 0.05) for i in range(n)]
@@ -181,14 +186,7 @@ async def test_a_worker_link_frozen_past_the_limit_drops_the_worker_and_reruns_i
     n = 20
     with trio.fail_after(TIMEOUT):
         async with cluster_behind_proxy() as (cluster, proxy, nursery):
-            frozen = trioq.Worker(
-                proxy.address,
-                token=cluster.token,
-                name="frozen",
-                nthreads=2,
-                heartbeat_interval=INTERVAL,
-                reconnect_timeout=10,
-            )
+            frozen = worker_behind(proxy, cluster, "frozen", nthreads=2)
             await nursery.start(frozen.run)
             async with trioq.connect(cluster.address) as client:
                 futures = [await client.submit(recorded, i, 0.1) for i in range(n)]
@@ -222,13 +220,7 @@ async def test_a_worker_whose_reconnect_handshake_is_cut_keeps_trying_and_rejoin
     n = 10
     with trio.fail_after(TIMEOUT):
         async with cluster_behind_proxy() as (cluster, proxy, nursery):
-            worker = trioq.Worker(
-                proxy.address,
-                token=cluster.token,
-                name="behind-proxy",
-                heartbeat_interval=INTERVAL,
-                reconnect_timeout=10,
-            )
+            worker = worker_behind(proxy, cluster, "behind-proxy")
             returned = trio.Event()
 
             async def run(task_status: trio.TaskStatus[None]) -> None:
