@@ -133,6 +133,7 @@ def register(contender: Contender) -> None:
 
 from peers.trioq_contender import (  # noqa: E402
     measure_trioq,
+    measure_trioq_defaults,
     measure_trioq_pipe,
     measure_trioq_pipeline,
     measure_trioq_pipeline_pull,
@@ -143,6 +144,8 @@ from peers.trioq_contender import (  # noqa: E402
 # fmt: off
 register(Contender("trioq", "trioq Queue between two processes, via a scheduler process",
                    measure_trioq, ("trioq",), (100_000, 5_000), (2_000, 200)))
+register(Contender("trioq-defaults", "the same queue with every setting at its default",
+                   measure_trioq_defaults, ("trioq",), (100_000, 5_000), (2_000, 200)))
 register(Contender("trioq-tasks", "trioq no-op tasks, 2 worker processes, pull dispatch",
                    measure_trioq_tasks, ("trioq",), (20_000, 300), (500, 50)))
 register(Contender("trioq-tasks-push", "the same, push dispatch with a prefetch window of 16",

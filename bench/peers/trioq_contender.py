@@ -137,7 +137,12 @@ async def _side_b(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: A
     async with trioq.connect(spec["address"], token=spec["token"]) as client:
         # A streaming consumer leases ahead (the peers buffer too: a pipe, zmq's
         # high-water mark of 1,000); read-ahead keeps this window topped up.
-        queue = client.queue("bench-items", prefetch=STREAM_PREFETCH_BATCHES * plan.cfg.batch)
+        prefetch = spec.get("prefetch")  # None: what a user gets by default
+        queue = (
+            client.queue("bench-items")
+            if prefetch is None
+            else client.queue("bench-items", prefetch=prefetch)
+        )
         for mode, run, n in plan.throughput_runs():
             await _barrier(barrier)
             if mode == "single":
@@ -158,6 +163,16 @@ async def _side_b(spec: dict[str, Any], plan: PairPlan, barrier: Any, results: A
 
 
 def measure_trioq(cfg: RunConfig) -> dict[str, Measurement]:
+    """The queue with the consumer's prefetch tuned for streaming (``STREAM_PREFETCH_BATCHES``)."""
+    return _measure_queue(cfg, STREAM_PREFETCH_BATCHES * cfg.batch)
+
+
+def measure_trioq_defaults(cfg: RunConfig) -> dict[str, Measurement]:
+    """The queue exactly as a user gets it: every setting left at its default."""
+    return _measure_queue(cfg, None)
+
+
+def _measure_queue(cfg: RunConfig, prefetch: int | None) -> dict[str, Measurement]:
     ctx = multiprocessing.get_context("spawn")
     notes = {
         "throughput_single": "Queue.put / Queue.get through a scheduler process",
@@ -165,7 +180,7 @@ def measure_trioq(cfg: RunConfig) -> dict[str, Measurement]:
         "round_trip": "put on 'ping', get and put on 'pong', get: 4 hops via the scheduler",
     }
     with scheduler_process() as (address, token):
-        spec = {"address": address, "token": token}
+        spec = {"address": address, "token": token, "prefetch": prefetch}
         return run_pair(trioq_side_a, trioq_side_b, spec, cfg, ctx=ctx, notes=notes)
 
 
